@@ -1,0 +1,34 @@
+# Two commands do all set-up on a fresh machine with nothing but Python:
+#   make run   - the main job with built-in defaults
+#   make test  - the test suite
+# Each creates the virtual environment it needs ($(VENV)) and installs the project into it.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU build of PyTorch is what CI uses; on a GPU machine: make TORCH='torch' ...
+TORCH ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint bench clean
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) train_lm.py
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+bench: $(STAMP)
+	$(PY) benchmarks/backbone_streaming.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info
