@@ -24,12 +24,16 @@ its simplified input term (``B_bar ~= delta * B``, as in the reference code)::
 
 Backends (see :func:`available_backends`): ``ref`` is the plain sequential loop
 above, kept readable as the definition everything else is tested against;
-``chunked`` is the fast, differentiable CPU path of :mod:`ahm.kernels.scan_chunked`.
-``auto`` picks the fastest correct one for the device (:func:`select_backend`).
+``chunked`` is a differentiable pure-PyTorch path for any device
+(:mod:`ahm.kernels.scan_chunked`); ``cpu`` is the compiled CPU kernel
+(:mod:`ahm.kernels.scan_cpu`). ``auto`` picks the fastest correct one for the
+device (:func:`select_backend`).
 """
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from collections.abc import Callable
 
 import torch
@@ -76,22 +80,78 @@ def _scan_core_chunked(
     return chunked_scan(u, delta, A, B, C, h0)
 
 
+def _scan_core_cpu(
+    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, h0: Tensor
+) -> tuple[Tensor, Tensor]:
+    from .scan_cpu import cpu_scan  # numba compiles on first use; keep `import ahm` light
+
+    return cpu_scan(u, delta, A, B, C, h0)
+
+
+def _scan_core_triton(
+    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, h0: Tensor
+) -> tuple[Tensor, Tensor]:
+    from .scan_triton import triton_scan
+
+    return triton_scan(u, delta, A, B, C, h0)
+
+
 _BACKENDS: dict[str, ScanCore] = {
     "ref": _scan_core_ref,
     "chunked": _scan_core_chunked,
+    "cpu": _scan_core_cpu,
+    "triton": _scan_core_triton,
 }
 
 
+def _triton_usable(kind: str) -> bool:
+    """Triton runs on CUDA, and on CPU tensors only in interpreter mode."""
+    if importlib.util.find_spec("triton") is None:
+        return False
+    return kind == "cuda" or (kind == "cpu" and os.environ.get("TRITON_INTERPRET") == "1")
+
+
+def _mamba_ssm_fn():
+    """``mamba_ssm``'s CUDA ``selective_scan_fn``, or None when it does not import."""
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+    except ImportError:  # not installed (the 'cuda' extra), or built without CUDA
+        return None
+    return selective_scan_fn
+
+
 def available_backends(device: torch.device | str = "cpu") -> list[str]:
-    """Names of the backends that can run on ``device`` (``auto`` excluded)."""
-    del device  # both current backends are plain PyTorch and run anywhere
-    return list(_BACKENDS)
+    """Names of the backends that can run on ``device`` (``auto`` excluded).
+
+    ``ref`` and ``chunked`` run anywhere; ``cpu`` on CPU tensors; ``triton`` on CUDA,
+    or on CPU under ``TRITON_INTERPRET=1``; ``mamba_ssm`` on CUDA when the optional
+    ``mamba_ssm`` package imports (the ``cuda`` extra).
+    """
+    kind = torch.device(device).type
+    names = ["ref", "chunked"]
+    if kind == "cpu":
+        names.append("cpu")
+    if _triton_usable(kind):
+        names.append("triton")
+    if kind == "cuda" and _mamba_ssm_fn() is not None:
+        names.append("mamba_ssm")
+    return names
 
 
-def select_backend(device: torch.device | str = "cpu") -> str:
-    """The backend ``backend="auto"`` uses on ``device``: the fastest correct one."""
-    del device
-    return "chunked"
+def select_backend(device: torch.device | str = "cpu", initial_state: bool = False) -> str:
+    """The backend ``backend="auto"`` uses on ``device``: the fastest correct one.
+
+    CPU: the compiled ``cpu`` kernel (``benchmarks/scan_backends.py`` measures every
+    backend). CUDA: ``mamba_ssm``'s kernel when installed and no ``initial_state`` is
+    given (it has no such input), else ``triton``. Anything else: ``chunked``.
+    """
+    kind = torch.device(device).type
+    if kind == "cpu":
+        return "cpu"
+    names = available_backends(device)
+    if "mamba_ssm" in names and not initial_state:
+        return "mamba_ssm"
+    return "triton" if "triton" in names else "chunked"
 
 
 def _check_inputs(
@@ -207,12 +267,20 @@ def selective_scan(
             argument, the expected and the received shape), or the backend is unknown.
     """
     _check_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state)
-    name = select_backend(u.device) if backend == "auto" else backend
-    if name not in _BACKENDS:
+    name = select_backend(u.device, initial_state is not None) if backend == "auto" else backend
+    if name not in available_backends(u.device):
+        known = "" if name in (*_BACKENDS, "mamba_ssm") else "unknown "
         raise ValueError(
-            f"selective_scan: unknown backend {backend!r}; choose 'auto' or one of "
-            f"{available_backends(u.device)}"
+            f"selective_scan: {known}backend {backend!r} is not available on {u.device}; choose 'auto' or "
+            f"one of {available_backends(u.device)}"
         )
+    if name == "mamba_ssm":
+        if initial_state is not None:
+            raise ValueError(
+                "selective_scan: mamba_ssm's kernel takes no initial_state; use backend='triton' "
+                "(or 'auto', which does) to chain chunks"
+            )
+        return _mamba_ssm_fn()(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
 
     # Compute in float32, or float64 if any input is float64 (half inputs are upcast).
     inputs = [u, delta, A, B, C, D, z, delta_bias, initial_state]

@@ -1,4 +1,13 @@
-"""Shared test settings: a hypothesis profile that fits CI's 2 cores."""
+"""Shared test settings: Triton's interpreter on CPU, a hypothesis profile for CI's 2 cores."""
+
+import os
+
+import torch
+
+# Triton reads TRITON_INTERPRET when a kernel is defined: without a GPU, run its
+# kernels on the CPU through the interpreter (how CI tests them).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from hypothesis import HealthCheck, settings
 

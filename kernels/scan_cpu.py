@@ -1,0 +1,190 @@
+"""Compiled CPU selective scan (numba): the state lives in a register-sized buffer.
+
+Same recurrence as the reference (:mod:`ahm.kernels.selective_scan`)::
+
+    h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t,     y_t = <C_t, h_t>
+
+Each (sequence, channel) pair is an independent recurrence over time, so the
+kernels run ``prange`` over b x d and walk time sequentially with the n-sized
+state in a local array; nothing of size (b, d, l, n) is ever materialised.
+
+Backward: the forward keeps the state entering every ``T``-step segment
+(checkpoints, (b, d, l / T, n)); the backward walks segments in reverse,
+recomputes the segment's states and decays into a (T, n) buffer, and runs the
+adjoint recurrence ``g_t = C_t dy_t + exp(delta_{t+1} A) g_{t+1}``. B and C are
+shared by the channels of a group, so their gradients are sums over channels:
+each worker accumulates into its own slice of a (P, b, g, l, n) buffer (P =
+number of workers) that is summed afterwards, so no two threads write the same
+memory. Without autograd (``torch.no_grad`` or no input requiring grad) no
+checkpoints are kept and streaming a 1M-token sequence costs O(b d n) memory.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+import torch
+from numba import prange
+from torch import Tensor
+
+__all__ = ["cpu_scan", "CHECKPOINT_EVERY"]
+
+CHECKPOINT_EVERY = 64
+"""Steps between saved states for the backward pass (memory l / 64 x the state)."""
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _forward_kernel(u, delta, A, Bt, Ct, h0, y, h_last, checkpoints, every):  # pragma: no cover - compiled
+    batch, dim, length = u.shape
+    groups = Bt.shape[1]
+    d_state = A.shape[1]
+    heads = dim // groups
+    keep = checkpoints.shape[2] > 0
+    for job in prange(batch * dim):
+        b = job // dim
+        d = job % dim
+        g = d // heads
+        h = h0[b, d].copy()
+        a = A[d]
+        for t in range(length):
+            if keep and t % every == 0:
+                checkpoints[b, d, t // every] = h
+            dt = delta[b, d, t]
+            x = dt * u[b, d, t]
+            acc = 0.0
+            for k in range(d_state):
+                h[k] = math.exp(dt * a[k]) * h[k] + x * Bt[b, g, t, k]
+                acc += h[k] * Ct[b, g, t, k]
+            y[b, d, t] = acc
+        h_last[b, d] = h
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _backward_kernel(
+    u, delta, A, Bt, Ct, checkpoints, every, grad_y, grad_last,
+    grad_u, grad_delta, grad_A_part, grad_B_part, grad_C_part, grad_h0,
+):  # pragma: no cover - compiled
+    batch, dim, length = u.shape
+    groups = Bt.shape[1]
+    d_state = A.shape[1]
+    heads = dim // groups
+    workers = grad_B_part.shape[0]
+    n_seg = checkpoints.shape[2]
+    # Job = (sequence, group, worker); the worker handles a slice of the group's channels.
+    for job in prange(batch * groups * workers):
+        p = job % workers
+        bg = job // workers
+        b = bg // groups
+        g = bg % groups
+        hs = np.empty((every, d_state), dtype=u.dtype)
+        decay = np.empty((every, d_state), dtype=u.dtype)
+        adj = np.empty(d_state, dtype=u.dtype)
+        for d in range(g * heads + p, (g + 1) * heads, workers):
+            a = A[d]
+            for k in range(d_state):
+                adj[k] = grad_last[b, d, k]
+            for seg in range(n_seg - 1, -1, -1):
+                s = seg * every
+                e = min(s + every, length)
+                # Recompute the segment's states and decays from its checkpoint.
+                h_prev = checkpoints[b, d, seg]
+                for t in range(s, e):
+                    dt = delta[b, d, t]
+                    x = dt * u[b, d, t]
+                    i = t - s
+                    for k in range(d_state):
+                        prev = h_prev[k] if i == 0 else hs[i - 1, k]
+                        decay[i, k] = math.exp(dt * a[k])
+                        hs[i, k] = decay[i, k] * prev + x * Bt[b, g, t, k]
+                # Adjoint recurrence, newest step first.
+                for t in range(e - 1, s - 1, -1):
+                    i = t - s
+                    dt = delta[b, d, t]
+                    uu = u[b, d, t]
+                    gy = grad_y[b, d, t]
+                    g_dt = 0.0
+                    g_u = 0.0
+                    for k in range(d_state):
+                        gk = adj[k] + gy * Ct[b, g, t, k]  # dL/dh_t
+                        prev = h_prev[k] if i == 0 else hs[i - 1, k]
+                        g_log = gk * prev * decay[i, k]  # dL/d(delta_t a_k)
+                        g_dt += g_log * a[k] + gk * Bt[b, g, t, k] * uu
+                        g_u += gk * Bt[b, g, t, k]
+                        grad_A_part[b, d, k] += g_log * dt
+                        grad_B_part[p, b, g, t, k] += gk * dt * uu
+                        grad_C_part[p, b, g, t, k] += hs[i, k] * gy
+                        adj[k] = decay[i, k] * gk  # dL/dh_{t-1} through h_t
+                    grad_delta[b, d, t] = g_dt
+                    grad_u[b, d, t] = g_u * dt
+            for k in range(d_state):
+                grad_h0[b, d, k] = adj[k]
+
+
+def _np(t: Tensor) -> np.ndarray:
+    return t.detach().contiguous().numpy()
+
+
+def _forward(u, delta, A, B, C, h0, keep_checkpoints: bool):
+    batch, dim, length = u.shape
+    d_state = A.shape[1]
+    Bt = B.transpose(2, 3).contiguous()  # (b, g, l, n): each step's n values contiguous
+    Ct = C.transpose(2, 3).contiguous()
+    y = torch.empty_like(u)
+    h_last = torch.empty_like(h0)
+    n_seg = -(-length // CHECKPOINT_EVERY) if keep_checkpoints else 0
+    checkpoints = u.new_empty(batch, dim, n_seg, d_state)
+    _forward_kernel(
+        _np(u), _np(delta), _np(A), Bt.numpy(), Ct.numpy(), _np(h0),
+        y.numpy(), h_last.numpy(), checkpoints.numpy(), CHECKPOINT_EVERY,
+    )
+    return y, h_last, checkpoints, Bt, Ct
+
+
+class _CpuScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, h0):  # type: ignore[override]
+        y, h_last, checkpoints, Bt, Ct = _forward(u, delta, A, B, C, h0, keep_checkpoints=True)
+        ctx.save_for_backward(u, delta, A, Bt, Ct, checkpoints)
+        return y, h_last
+
+    @staticmethod
+    def backward(ctx, grad_y, grad_last):  # type: ignore[override]
+        u, delta, A, Bt, Ct, checkpoints = ctx.saved_tensors
+        batch, dim, length = u.shape
+        groups, d_state = Bt.shape[1], A.shape[1]
+        workers = max(1, min(numba.get_num_threads(), dim // groups))
+        grad_y = u.new_zeros(u.shape) if grad_y is None else grad_y.contiguous().to(u.dtype)
+        if grad_last is None:
+            grad_last = u.new_zeros(batch, dim, d_state)
+        grad_last = grad_last.contiguous().to(u.dtype)
+        grad_u, grad_delta = torch.empty_like(u), torch.empty_like(u)
+        grad_A_part = u.new_zeros(batch, dim, d_state)
+        grad_B_part = u.new_zeros(workers, batch, groups, length, d_state)
+        grad_C_part = u.new_zeros(workers, batch, groups, length, d_state)
+        grad_h0 = u.new_empty(batch, dim, d_state)
+        _backward_kernel(
+            u.numpy(), delta.numpy(), A.numpy(), Bt.numpy(), Ct.numpy(), checkpoints.numpy(),
+            CHECKPOINT_EVERY, grad_y.numpy(), grad_last.numpy(),
+            grad_u.numpy(), grad_delta.numpy(), grad_A_part.numpy(), grad_B_part.numpy(),
+            grad_C_part.numpy(), grad_h0.numpy(),
+        )
+        grad_B = grad_B_part.sum(0).transpose(2, 3)  # (b, g, n, l)
+        grad_C = grad_C_part.sum(0).transpose(2, 3)
+        return grad_u, grad_delta, grad_A_part.sum(0), grad_B, grad_C, grad_h0
+
+
+def cpu_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, h0: Tensor) -> tuple[Tensor, Tensor]:
+    """The SSM core on CPU tensors; same contract as :func:`ahm.kernels.scan_chunked.chunked_scan`.
+
+    u, delta: (b, d, l); A: (d, n); B, C: (b, g, n, l); h0: (b, d, n); all float32 or
+    all float64. Returns y (b, d, l) and the last state (b, d, n).
+    """
+    if u.device.type != "cpu":
+        raise ValueError(f"the 'cpu' scan backend needs CPU tensors, got {u.device}; use backend='auto'")
+    inputs = [t.contiguous() for t in (u, delta, A, B, C, h0)]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+        return _CpuScan.apply(*inputs)
+    y, h_last, _, _, _ = _forward(*inputs, keep_checkpoints=False)
+    return y, h_last
