@@ -18,12 +18,13 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+from tqdm import tqdm
+
 from ahm.backbone import MambaConfig, MambaLM
 from ahm.backbone.checkpoint import save_lm_checkpoint
 from ahm.backbone.language_modeling import bits_per_byte, next_token_loss
 from ahm.cli import parse_config
 from ahm.envs.text_corpus import load_corpus
-from tqdm import tqdm
 
 
 @dataclass

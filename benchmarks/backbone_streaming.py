@@ -19,6 +19,7 @@ import time
 
 import torch
 from _common import markdown_table, peak_rss_mib
+
 from ahm.backbone import MambaConfig, MambaLM
 
 

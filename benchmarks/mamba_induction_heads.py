@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from _common import markdown_table
+
 from ahm.backbone import MambaConfig, MambaLM
 
 

@@ -19,8 +19,10 @@ per-vector ``scales`` (b, m) float32 with ``key ~= scales * codes``
 dequantised keys.
 
 Backends: ``ref`` materialises the whole (q x m) score matrix (the definition);
-``blocked`` walks the keys in blocks and keeps a running top-k, so memory is
-O(q * block) whatever m is, and int8 blocks are dequantised one at a time.
+``blocked`` (CPU default) walks the keys in blocks and keeps a running top-k, so
+memory is O(q * block) whatever m is, and int8 blocks are dequantised one at a
+time; ``triton`` (CUDA default; CPU under ``TRITON_INTERPRET=1``) computes
+per-tile candidates in one kernel (:mod:`ahm.kernels.retrieval_triton`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ._backends import triton_usable
+
 __all__ = [
+    "retrieval_backends",
+    "select_retrieval_backend",
     "quantize_int8",
     "dequantize_int8",
     "topk_similarity",
@@ -40,6 +46,27 @@ __all__ = [
 # Keys per block of the blocked backend: (q x block) scores stay in cache for the
 # common q <= 64.
 _BLOCK = 16384
+
+
+def retrieval_backends(device: torch.device | str = "cpu") -> list[str]:
+    """Backends of :func:`topk_similarity` that run on ``device``."""
+    names = ["ref", "blocked"]
+    if triton_usable(torch.device(device).type):
+        names.append("triton")
+    return names
+
+
+def select_retrieval_backend(device: torch.device | str = "cpu") -> str:
+    """What ``backend="auto"`` uses: ``triton`` on CUDA, ``blocked`` elsewhere."""
+    return "triton" if torch.device(device).type == "cuda" and triton_usable("cuda") else "blocked"
+
+
+def _resolve(backend: str, device: torch.device, what: str) -> str:
+    names = retrieval_backends(device)
+    name = select_retrieval_backend(device) if backend == "auto" else backend
+    if name not in names:
+        raise ValueError(f"{what}: backend {backend!r} is not available on {device}; choose 'auto' or one of {names}")
+    return name
 
 
 def quantize_int8(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -111,21 +138,31 @@ def topk_similarity_ref(queries: Tensor, keys: Tensor, k: int, mask: Tensor | No
 
 
 def _topk_blocked(queries: Tensor, key_block, m: int, k: int, mask: Tensor | None, block: int):
-    """Running top-k over key blocks; ``key_block(s, e)`` returns float keys (b, e - s, d)."""
+    """Running top-k over key blocks; ``key_block(s, e)`` returns float keys (b, e - s, d).
+
+    Per block: one matmul into a reused buffer, then a row maximum. Only rows whose
+    block maximum beats their current k-th best can change, and after the first
+    blocks those are few, so the expensive selection (``topk``) runs on them alone.
+    """
     b, q, _ = queries.shape
-    best_val = queries.new_full((b, q, 0), float("-inf"))
-    best_idx = torch.empty(b, q, 0, dtype=torch.long, device=queries.device)
+    best_val = queries.new_full((b, q, k), float("-inf"))
+    best_idx = torch.full((b, q, k), -1, dtype=torch.long, device=queries.device)
+    buf = queries.new_empty(b, q, min(block, m))
     for s in range(0, m, block):
         e = min(s + block, m)
-        scores = torch.matmul(queries, key_block(s, e).transpose(1, 2))  # (b, q, e - s)
+        scores = torch.matmul(queries, key_block(s, e).transpose(1, 2), out=buf[..., : e - s])  # (b, q, e - s)
         if mask is not None:
             scores.masked_fill_(~mask[:, None, s:e], float("-inf"))
-        val, idx = _pad_topk(scores, k)
-        # Merge with the best so far; ties keep the earlier (lower) index first.
-        val = torch.cat([best_val, val], -1)
-        idx = torch.cat([best_idx, idx + s], -1)
-        best_val, order = torch.topk(val, min(k, val.shape[-1]), dim=-1)
-        best_idx = torch.gather(idx, -1, order)
+        rows = (scores.amax(-1) > best_val[..., -1]).nonzero(as_tuple=True)  # rows that can improve
+        if rows[0].numel() == 0:
+            continue
+        val, idx = _pad_topk(scores[rows], k)  # (r, k)
+        # Merge with the best so far; on ties the earlier (lower) index stays first.
+        val = torch.cat([best_val[rows], val], -1)
+        idx = torch.cat([best_idx[rows], idx + s], -1)
+        top, order = torch.topk(val, k, dim=-1)
+        best_val[rows] = top
+        best_idx[rows] = torch.gather(idx, -1, order)
     return best_val, best_idx
 
 
@@ -139,17 +176,20 @@ def topk_similarity(
         keys: (b, m, d) or (m, d).
         k: results per query.
         mask: optional (b, m) / (m,) bool, True where a key is valid.
-        backend: ``"auto"``, ``"ref"`` or ``"blocked"``.
+        backend: ``"auto"`` or one of :func:`retrieval_backends`.
 
     Returns:
         scores (b, q, k) float32 and indices (b, q, k) int64, best first; ``-inf`` / ``-1``
         where fewer than ``k`` keys are valid.
     """
-    if backend == "ref":
+    name = _resolve(backend, queries.device, "topk_similarity")
+    if name == "ref":
         return topk_similarity_ref(queries, keys, k, mask)
-    if backend not in ("auto", "blocked"):
-        raise ValueError(f"topk_similarity: unknown backend {backend!r}; choose 'auto', 'ref' or 'blocked'")
     queries, keys, mask, squeeze = _batched(queries, keys, mask, k, "topk_similarity")
+    if name == "triton":
+        from .retrieval_triton import triton_topk
+
+        return _finish(*triton_topk(queries, keys, k, mask), squeeze)
     queries, keys = queries.float(), keys.float()
     return _finish(*_topk_blocked(queries, lambda s, e: keys[:, s:e], keys.shape[1], k, mask, _BLOCK), squeeze)
 
@@ -175,12 +215,15 @@ def topk_similarity_int8(
 ) -> tuple[Tensor, Tensor]:
     """:func:`topk_similarity` over int8 keys ``scales * codes`` (see :func:`quantize_int8`)."""
     _check_int8(codes, scales)
-    if backend == "ref":
+    name = _resolve(backend, queries.device, "topk_similarity_int8")
+    if name == "ref":
         return topk_similarity_int8_ref(queries, codes, scales, k, mask)
-    if backend not in ("auto", "blocked"):
-        raise ValueError(f"topk_similarity_int8: unknown backend {backend!r}; choose 'auto', 'ref' or 'blocked'")
     queries, codes_b, mask, squeeze = _batched(queries, codes, mask, k, "topk_similarity_int8")
     scales_b = scales if not squeeze else scales[None]
+    if name == "triton":
+        from .retrieval_triton import triton_topk
+
+        return _finish(*triton_topk(queries, codes_b, k, mask, scales=scales_b), squeeze)
     queries = queries.float()
 
     def block(s: int, e: int) -> Tensor:

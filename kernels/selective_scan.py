@@ -32,13 +32,13 @@ device (:func:`select_backend`).
 
 from __future__ import annotations
 
-import importlib.util
-import os
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from ._backends import triton_usable
 
 __all__ = [
     "selective_scan",
@@ -104,13 +104,6 @@ _BACKENDS: dict[str, ScanCore] = {
 }
 
 
-def _triton_usable(kind: str) -> bool:
-    """Triton runs on CUDA, and on CPU tensors only in interpreter mode."""
-    if importlib.util.find_spec("triton") is None:
-        return False
-    return kind == "cuda" or (kind == "cpu" and os.environ.get("TRITON_INTERPRET") == "1")
-
-
 def _mamba_ssm_fn():
     """``mamba_ssm``'s CUDA ``selective_scan_fn``, or None when it does not import."""
     try:
@@ -131,7 +124,7 @@ def available_backends(device: torch.device | str = "cpu") -> list[str]:
     names = ["ref", "chunked"]
     if kind == "cpu":
         names.append("cpu")
-    if _triton_usable(kind):
+    if triton_usable(kind):
         names.append("triton")
     if kind == "cuda" and _mamba_ssm_fn() is not None:
         names.append("mamba_ssm")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from ahm.backbone import MambaConfig, MambaLM
 from ahm.backbone.checkpoint import load_lm_checkpoint, save_lm_checkpoint
 

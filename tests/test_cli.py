@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import ahm.cli
 import pytest
+
+import ahm.cli
 from ahm.cli import field_docs, parse_config
 
 

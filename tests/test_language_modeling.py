@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from ahm.backbone import MambaConfig, MambaLM
 from ahm.backbone.checkpoint import load_lm_checkpoint
 from ahm.backbone.language_modeling import bits_per_byte

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import doctest
 
-import ahm.backbone.mamba
 import pytest
 import torch
-from ahm.backbone import MambaConfig, MambaLM
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+import ahm.backbone.mamba
+from ahm.backbone import MambaConfig, MambaLM
 
 SMALL = MambaConfig(vocab_size=16, d_model=16, n_layer=2, d_state=4)
 

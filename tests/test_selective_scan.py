@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from ahm.kernels import available_backends, select_backend, selective_scan, selective_scan_ref
-from ahm.kernels.scan_chunked import chunk_length
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from ahm.kernels import available_backends, select_backend, selective_scan, selective_scan_ref
+from ahm.kernels.scan_chunked import chunk_length
 
 FAST_BACKENDS = [b for b in available_backends() if b != "ref"]
 # Triton runs here through its interpreter (TRITON_INTERPRET=1, set in conftest), which

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from ahm.envs.text_corpus import DOC_SEPARATOR, load_corpus, stdlib_source_files
 
 
