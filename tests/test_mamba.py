@@ -175,3 +175,19 @@ def test_parameter_count_matches_the_design():
 def test_docstring_examples_run():
     result = doctest.testmod(ahm.backbone.mamba)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_depthwise_conv_equals_torch_conv1d():
+    """The shifted multiply-add conv is F.conv1d(groups=channels), values and gradients."""
+    torch.manual_seed(0)
+    mixer = make_lm(MambaConfig(vocab_size=16, d_model=8, n_layer=1, d_conv=4), dtype=torch.float64)
+    mixer = mixer.backbone.layers[0].mixer
+    x_full = torch.randn(2, mixer.config.d_inner, 3 + 20, dtype=torch.float64, requires_grad=True)
+    ours = mixer._depthwise_conv(x_full, 20)
+    theirs = torch.nn.functional.conv1d(x_full, mixer.conv1d.weight, mixer.conv1d.bias, groups=x_full.shape[1])
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    w = torch.randn_like(ours)
+    g1 = torch.autograd.grad((ours * w).sum(), [x_full, mixer.conv1d.weight])
+    g2 = torch.autograd.grad((theirs * w).sum(), [x_full, mixer.conv1d.weight])
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
