@@ -21,7 +21,9 @@ checkpoints are kept and streaming a 1M-token sequence costs O(b d n) memory.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import numba
 import numpy as np
@@ -33,6 +35,25 @@ __all__ = ["cpu_scan", "CHECKPOINT_EVERY"]
 
 CHECKPOINT_EVERY = 64
 """Steps between saved states for the backward pass (memory l / 64 x the state)."""
+
+PARALLEL_MIN_WORK = 1 << 18
+"""Below this many state updates (b d l n) a call runs on one thread: waking the
+thread pool costs more than the work (measured: 16 ms against 0.4 ms per
+single-step call on a loaded 2-core machine, tests/benchmarks token-by-token)."""
+
+
+@contextlib.contextmanager
+def _threads_for(work: int) -> Iterator[int]:
+    """Run the enclosed kernel calls on one thread if ``work`` is small; yields the thread count."""
+    if work >= PARALLEL_MIN_WORK:
+        yield numba.get_num_threads()
+        return
+    previous = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        yield 1
+    finally:
+        numba.set_num_threads(previous)
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -135,10 +156,11 @@ def _forward(u, delta, A, B, C, h0, keep_checkpoints: bool):
     h_last = torch.empty_like(h0)
     n_seg = -(-length // CHECKPOINT_EVERY) if keep_checkpoints else 0
     checkpoints = u.new_empty(batch, dim, n_seg, d_state)
-    _forward_kernel(
-        _np(u), _np(delta), _np(A), Bt.numpy(), Ct.numpy(), _np(h0),
-        y.numpy(), h_last.numpy(), checkpoints.numpy(), CHECKPOINT_EVERY,
-    )
+    with _threads_for(batch * dim * length * d_state):
+        _forward_kernel(
+            _np(u), _np(delta), _np(A), Bt.numpy(), Ct.numpy(), _np(h0),
+            y.numpy(), h_last.numpy(), checkpoints.numpy(), CHECKPOINT_EVERY,
+        )
     return y, h_last, checkpoints, Bt, Ct
 
 
@@ -153,8 +175,15 @@ class _CpuScan(torch.autograd.Function):
     def backward(ctx, grad_y, grad_last):  # type: ignore[override]
         u, delta, A, Bt, Ct, checkpoints = ctx.saved_tensors
         batch, dim, length = u.shape
+        d_state = A.shape[1]
+        with _threads_for(batch * dim * length * d_state) as threads:
+            return _CpuScan._backward(u, delta, A, Bt, Ct, checkpoints, grad_y, grad_last, threads)
+
+    @staticmethod
+    def _backward(u, delta, A, Bt, Ct, checkpoints, grad_y, grad_last, threads: int):
+        batch, dim, length = u.shape
         groups, d_state = Bt.shape[1], A.shape[1]
-        workers = max(1, min(numba.get_num_threads(), dim // groups))
+        workers = max(1, min(threads, dim // groups))
         grad_y = u.new_zeros(u.shape) if grad_y is None else grad_y.contiguous().to(u.dtype)
         if grad_last is None:
             grad_last = u.new_zeros(batch, dim, d_state)
