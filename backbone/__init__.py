@@ -1,12 +1,52 @@
-"""The backbone: a Mamba-style selective SSM with streaming state.
+"""The backbone: a Mamba-style selective SSM with streaming state, and the hierarchical memory.
 
-Owns (ARCHITECTURE.md): the SSM blocks and their explicit recurrent state, and,
-with the hierarchical-memory issue, the working / long-term memory, the
-integration of retrieved memory, ``AHMModel`` and the baseline sequence models.
-Depends on :mod:`ahm.kernels` only; nothing here knows about Gymnasium or RL.
+Owns (ARCHITECTURE.md): the SSM blocks and their explicit recurrent state; the
+working memory, the compressed long-term memory and its codecs, the integration
+of retrieved memory, and ``AHMModel``. Depends on :mod:`ahm.kernels` only;
+nothing here knows about Gymnasium or RL.
 """
 
+from .ahm_model import (
+    LTM_FORGET_LEAST_USED,
+    LTM_FORGET_NONE,
+    LTM_FORGET_OLDEST,
+    RETRIEVE_BOTH,
+    RETRIEVE_LTM,
+    RETRIEVE_NONE,
+    RETRIEVE_WM,
+    AHMConfig,
+    AHMModel,
+    AHMState,
+    BoundaryFeatures,
+    ChunkFeatures,
+    ChunkOutput,
+    Controller,
+    DefaultController,
+    HierarchicalMemory,
+    MemoryConfig,
+    MemoryObservation,
+    MemoryOps,
+    MemoryReadout,
+    MemoryStep,
+    NullController,
+    OpMasks,
+)
+from .codecs import CODECS, CodecOptions, VectorCodec, faiss_available, make_codec
 from .config import MambaConfig
+from .long_term_memory import LongTermMemory, LTMConfig, LTMHits, LTMRead, LTMWrite
 from .mamba import LayerState, MambaBackbone, MambaLM, MambaMixer, MambaState, RMSNorm
+from .memory_io import load_memory, save_memory
+from .working_memory import WMEntry, WMRead, WorkingMemory
 
-__all__ = ["LayerState", "MambaBackbone", "MambaConfig", "MambaLM", "MambaMixer", "MambaState", "RMSNorm"]
+__all__ = [
+    "LayerState", "MambaBackbone", "MambaConfig", "MambaLM", "MambaMixer", "MambaState", "RMSNorm",
+    "WorkingMemory", "WMEntry", "WMRead",
+    "LongTermMemory", "LTMConfig", "LTMHits", "LTMRead", "LTMWrite",
+    "CODECS", "CodecOptions", "VectorCodec", "faiss_available", "make_codec",
+    "AHMConfig", "AHMModel", "AHMState", "BoundaryFeatures", "ChunkFeatures", "ChunkOutput", "MemoryStep",
+    "Controller", "DefaultController", "NullController",
+    "HierarchicalMemory", "MemoryConfig", "MemoryObservation", "MemoryOps", "MemoryReadout", "OpMasks",
+    "RETRIEVE_NONE", "RETRIEVE_WM", "RETRIEVE_LTM", "RETRIEVE_BOTH",
+    "LTM_FORGET_NONE", "LTM_FORGET_OLDEST", "LTM_FORGET_LEAST_USED",
+    "save_memory", "load_memory",
+]

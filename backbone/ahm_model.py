@@ -1,0 +1,696 @@
+"""The AHM model: Mamba backbone + hierarchical memory + integration + heads (proposal Sec. 2.1).
+
+Glossary: b sequences, C chunk size, D d_model, V vocabulary, K working-memory
+slots, M long-term capacity, dk key dim, dv value dim, R = 2 dv retrieved width,
+N d_state, L n_layer, F = D + L N observation features.
+
+One chunk t of C tokens (:meth:`AHMModel.process_chunk`):
+
+1. **Backbone.** hidden (b, C, D) from the chunk and the carried SSM state. In
+   ``state`` integration the token embeddings are offset by
+   ``sigmoid(W_g r_{t-1}) * W_s r_{t-1}``, the memory retrieved at the previous
+   boundary (proposal Sec. 2.1, item 5: "integrated back into the main SSM computation").
+2. **Readout.** logits (b, C, V) = ``lm_head(hidden + W_r r_{t-1})`` in ``readout``
+   integration, ``lm_head(hidden)`` in ``state`` integration. ``W_r`` and ``W_s`` start
+   at zero, so an untrained AHM model is exactly its backbone LM.
+3. **Boundary features** at the last position: ``h = hidden[:, -1]``; key =
+   normalize(W_k h), query = normalize(W_q h) (unit vectors: inner products are
+   cosines), value = W_v h; ``ssm_features`` (b, F) = [h, per layer the root mean
+   square over the d_inner channels of the SSM state (b, N)].
+4. **Observation -> controller -> ops.** :class:`MemoryObservation` describes the
+   memory *before* this chunk's operations; a controller (any callable
+   ``MemoryObservation -> MemoryOps``) returns the :class:`MemoryOps`.
+5. **Memory operations**, in this order (:meth:`HierarchicalMemory.apply`):
+   retrieve (with the query, from the memory as observed), forget (WM slot, then
+   LTM oldest / least used), evict-and-write (the displaced WM entry moves to LTM,
+   compressed, if asked; then the new entry is written), then the clocks tick.
+6. r_t = [m_wm, m_ltm] (b, R) is carried in :class:`AHMState` to chunk t + 1.
+
+Causality: memory written or retrieved at the end of chunk t affects chunk t + 1
+and later only, so logits never see the chunk's own future tokens.
+
+In ``readout`` integration the backbone never sees memory, so the per-chunk
+features do not depend on the controller: :meth:`AHMModel.chunk_features` can be
+computed once per sequence and cached, and :meth:`AHMModel.memory_step` runs the
+memory alone on the cached :class:`BoundaryFeatures` (what makes RL over 100K-1M
+token episodes affordable).
+
+Invalid operations raise before anything changes (:meth:`HierarchicalMemory.validate`):
+a slot outside ``[-1, K)`` (IndexError), retrieving from an empty WM or LTM,
+forgetting an empty WM slot or from an empty LTM, an unknown op code
+(ValueError). :meth:`HierarchicalMemory.op_masks` says which values are valid.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .codecs import CodecOptions, VectorCodec, make_codec
+from .config import MambaConfig
+from .long_term_memory import EVICTION_RULES, SEARCH_MODES, LongTermMemory, LTMConfig, LTMHits
+from .mamba import MambaBackbone, MambaState
+from .working_memory import READ_MODES, WorkingMemory
+
+__all__ = [
+    "RETRIEVE_NONE", "RETRIEVE_WM", "RETRIEVE_LTM", "RETRIEVE_BOTH",
+    "LTM_FORGET_NONE", "LTM_FORGET_OLDEST", "LTM_FORGET_LEAST_USED",
+    "MemoryOps", "MemoryObservation", "OpMasks", "MemoryConfig", "MemoryReadout", "HierarchicalMemory",
+    "Controller", "DefaultController", "NullController",
+    "AHMConfig", "AHMState", "BoundaryFeatures", "ChunkFeatures", "MemoryStep", "ChunkOutput", "AHMModel",
+]
+
+RETRIEVE_NONE, RETRIEVE_WM, RETRIEVE_LTM, RETRIEVE_BOTH = 0, 1, 2, 3
+LTM_FORGET_NONE, LTM_FORGET_OLDEST, LTM_FORGET_LEAST_USED = 0, 1, 2
+INTEGRATIONS = ("readout", "state")
+
+
+# ====================================================================== ops and observation
+class MemoryOps(NamedTuple):
+    """The memory operations of one chunk, one int64 (b,) tensor per operation.
+
+    Semantics (applied in the order retrieve, forget, evict-and-write):
+    """
+
+    write_slot: Tensor
+    """-1 no write; else 0..K-1: write this chunk's (key, value) into that WM slot, overwriting it."""
+    evict_to_ltm: Tensor
+    """0: an entry displaced by the write is dropped; 1: it moves to LTM (compressed) first.
+    Without a write, or when the written slot is empty, there is nothing to displace and it has no effect."""
+    retrieve: Tensor
+    """0 none, 1 WM, 2 LTM, 3 both (:data:`RETRIEVE_WM` ...), with this chunk's query."""
+    forget_slot: Tensor
+    """-1 none; else 0..K-1: empty that (occupied) WM slot."""
+    ltm_forget: Tensor
+    """0 none, 1 forget the oldest LTM entry, 2 the least used one."""
+
+    @classmethod
+    def noop(cls, batch: int, device: torch.device | str | None = None) -> MemoryOps:
+        """Operations that do nothing, for ``batch`` sequences."""
+        minus, zero = (torch.full((batch,), v, dtype=torch.int64, device=device) for v in (-1, 0))
+        return cls(minus, zero, zero.clone(), minus.clone(), zero.clone())
+
+
+class MemoryObservation(NamedTuple):
+    """What a controller sees at a chunk boundary; fixed-size float32, detached.
+
+    All describe the memory before this chunk's operations.
+    """
+
+    ssm_features: Tensor
+    """(b, F), F = D + n_layer * d_state: the last hidden state of the chunk (D), then per layer the
+    root mean square over the d_inner channels of the SSM state (d_state values)."""
+    wm_occupied: Tensor
+    """(b, K): 1 where a WM slot holds an entry."""
+    wm_age: Tensor
+    """(b, K): chunks since each slot was written (0 if empty)."""
+    wm_uses: Tensor
+    """(b, K): reads whose top-1 was this slot, since it was written."""
+    wm_similarity: Tensor
+    """(b, K): inner product of each slot's key with this chunk's query (a cosine: both are unit
+    vectors in AHMModel); 0 for empty slots."""
+    ltm_fill: Tensor
+    """(b,): LTM entries / capacity."""
+    ltm_topk_similarity: Tensor
+    """(b, k_obs): the top-k LTM similarities to the query (codec's score: the inner product with the
+    decoded key, or the hash codec's cosine estimate), best first; 0 where fewer entries exist."""
+
+
+class OpMasks(NamedTuple):
+    """Which values of each operation are valid now, bool; index j of a field is its j-th value."""
+
+    write_slot: Tensor
+    """(b, K + 1): [no write, slot 0, ..., slot K-1]; always valid."""
+    evict_to_ltm: Tensor
+    """(b, 2): always valid."""
+    retrieve: Tensor
+    """(b, 4): [none, WM (WM not empty), LTM (LTM not empty), both (both not empty)]."""
+    forget_slot: Tensor
+    """(b, K + 1): [none, slot 0 occupied, ...]."""
+    ltm_forget: Tensor
+    """(b, 3): [none, oldest, least used]; the last two need a non-empty LTM."""
+
+
+Controller = Callable[[MemoryObservation], MemoryOps]
+"""A controller maps an observation to memory operations (heuristic and learned ones live in ``ahm.agents``)."""
+
+
+class DefaultController:
+    """The built-in default: a simple, valid policy for tests and as a baseline (not a research controller).
+
+    Every chunk: write into the first free WM slot, or, when the WM is full, into the
+    oldest one, moving the displaced entry to LTM; retrieve from every level that holds
+    something; never forget (the LTM's eviction rule handles a full LTM).
+    """
+
+    def __call__(self, obs: MemoryObservation) -> MemoryOps:
+        occupied = obs.wm_occupied > 0.5  # (b, K)
+        free = ~occupied
+        first_free = free.to(torch.uint8).argmax(1)
+        oldest = obs.wm_age.masked_fill(free, -1.0).argmax(1)
+        slot = torch.where(free.any(1), first_free, oldest)
+        retrieve = occupied.any(1).long() * RETRIEVE_WM + (obs.ltm_fill > 0).long() * RETRIEVE_LTM
+        ones = torch.ones_like(slot)
+        return MemoryOps(slot, ones, retrieve, -ones, torch.zeros_like(slot))
+
+
+class NullController:
+    """Never touches memory (the memory-free baseline)."""
+
+    def __call__(self, obs: MemoryObservation) -> MemoryOps:
+        return MemoryOps.noop(obs.ltm_fill.shape[0], obs.ltm_fill.device)
+
+
+# ====================================================================== the hierarchical memory
+@dataclass(frozen=True)
+class MemoryConfig:
+    """Shape of a :class:`HierarchicalMemory`."""
+
+    wm_slots: int = 16
+    """Working-memory slots K."""
+    key_dim: int = 32
+    """Key / query width dk."""
+    value_dim: int = 64
+    """Value width dv."""
+    read_mode: str = "soft"
+    """``soft`` (softmax attention) or ``top1``, for both levels."""
+    ltm: LTMConfig = field(default_factory=LTMConfig)
+    """The long-term memory; its key_dim / value_dim must equal the ones above."""
+
+    def __post_init__(self) -> None:
+        for name in ("wm_slots", "key_dim", "value_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"MemoryConfig.{name} must be a positive int, got {value!r}")
+        if self.read_mode not in READ_MODES:
+            raise ValueError(f"MemoryConfig.read_mode must be one of {READ_MODES}, got {self.read_mode!r}")
+        if (self.ltm.key_dim, self.ltm.value_dim) != (self.key_dim, self.value_dim):
+            raise ValueError(
+                f"MemoryConfig: ltm dims ({self.ltm.key_dim}, {self.ltm.value_dim}) must equal key_dim, value_dim "
+                f"({self.key_dim}, {self.value_dim})"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MemoryConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"MemoryConfig: unknown fields {unknown}; known fields are {sorted(known)}")
+        data = dict(data)
+        if isinstance(data.get("ltm"), dict):
+            data["ltm"] = LTMConfig.from_dict(data["ltm"])
+        return cls(**data)
+
+
+class MemoryReadout(NamedTuple):
+    """What one :meth:`HierarchicalMemory.apply` retrieved."""
+
+    wm: Tensor
+    """(b, dv): read from WM; zeros where not retrieved."""
+    ltm: Tensor
+    """(b, dv): read from LTM; zeros where not retrieved."""
+    wm_weights: Tensor
+    """(b, K): attention over WM slots (zeros where not retrieved)."""
+    ltm_weights: Tensor
+    """(b, k): attention over the LTM hits (zeros where not retrieved)."""
+    ltm_indices: Tensor
+    """(b, k): the LTM hits' slots (-1 none)."""
+
+    def vector(self) -> Tensor:
+        """(b, 2 dv): [wm, ltm], the retrieved content r_t the integration consumes."""
+        return torch.cat([self.wm, self.ltm], dim=-1)
+
+
+class HierarchicalMemory:
+    """Working memory + long-term memory of b sequences, driven by :class:`MemoryOps`.
+
+    The state is mutable: :meth:`apply` updates it in place (and returns what was read).
+    """
+
+    def __init__(self, batch: int, config: MemoryConfig | None = None, key_codec: VectorCodec | None = None,
+                 value_codec: VectorCodec | None = None, device: torch.device | str | None = None) -> None:
+        config = config or MemoryConfig()
+        self.config, self.batch = config, batch
+        self.wm = WorkingMemory(batch, config.wm_slots, config.key_dim, config.value_dim, device=device)
+        self.ltm = LongTermMemory(batch, config.ltm, key_codec, value_codec, device=device)
+
+    @property
+    def device(self) -> torch.device:
+        return self.wm.device
+
+    def nbytes(self) -> Tensor:
+        """(b,) int64: bytes held per sequence by occupied WM entries plus stored LTM entries."""
+        return self.wm.nbytes() + self.ltm.nbytes()
+
+    def op_masks(self) -> OpMasks:
+        """Valid values of each operation for the current state (see :class:`OpMasks`)."""
+        b, dev = self.batch, self.device
+        yes = lambda n: torch.ones(b, n, dtype=torch.bool, device=dev)
+        wm_any, ltm_any = self.wm.read_mask(), self.ltm.read_mask()
+        return OpMasks(
+            write_slot=yes(self.config.wm_slots + 1),
+            evict_to_ltm=yes(2),
+            retrieve=torch.stack([torch.ones_like(wm_any), wm_any, ltm_any, wm_any & ltm_any], 1),
+            forget_slot=torch.cat([yes(1), self.wm.occupied], 1),
+            ltm_forget=torch.stack([torch.ones_like(ltm_any), ltm_any, ltm_any], 1),
+        )
+
+    def validate(self, ops: MemoryOps) -> None:
+        """Raise if ``ops`` is malformed or invalid in the current state; changes nothing.
+
+        Raises:
+            ValueError: wrong type / dtype / shape, an unknown op code, or an op on an empty store.
+            IndexError: a WM slot outside [-1, K).
+        """
+        if not isinstance(ops, MemoryOps):
+            raise ValueError(f"a controller must return MemoryOps, got {type(ops).__name__}")
+        for name, t in zip(MemoryOps._fields, ops):
+            if not isinstance(t, Tensor) or t.shape != (self.batch,) or t.dtype != torch.int64:
+                got = f"{t.dtype} {tuple(t.shape)}" if isinstance(t, Tensor) else type(t).__name__
+                raise ValueError(f"MemoryOps.{name} must be an int64 tensor of shape ({self.batch},), got {got}")
+            if t.device != self.device:
+                raise ValueError(f"MemoryOps.{name} is on {t.device}, the memory on {self.device}")
+        k = self.config.wm_slots
+        for name in ("write_slot", "forget_slot"):
+            t = getattr(ops, name)
+            bad = (t < -1) | (t >= k)
+            if bool(bad.any()):
+                raise IndexError(f"MemoryOps.{name}: slots {t[bad].tolist()} (sequences "
+                                 f"{bad.nonzero().flatten().tolist()}) do not exist; use 0..{k - 1}, or -1 for none")
+        for name, n in (("evict_to_ltm", 2), ("retrieve", 4), ("ltm_forget", 3)):
+            t = getattr(ops, name)
+            bad = (t < 0) | (t >= n)
+            if bool(bad.any()):
+                raise ValueError(f"MemoryOps.{name}: values {t[bad].tolist()} are not in 0..{n - 1}")
+        wm_any, ltm_any = self.wm.read_mask(), self.ltm.read_mask()
+        self._refuse(((ops.retrieve == RETRIEVE_WM) | (ops.retrieve == RETRIEVE_BOTH)) & ~wm_any,
+                     "retrieve from an empty working memory (mask with MemoryObservation.wm_occupied.any(1))")
+        self._refuse((ops.retrieve >= RETRIEVE_LTM) & ~ltm_any,
+                     "retrieve from an empty long-term memory (mask with MemoryObservation.ltm_fill > 0)")
+        named = ops.forget_slot >= 0
+        slot_full = self.wm.occupied.gather(1, ops.forget_slot.clamp(min=0)[:, None])[:, 0]
+        self._refuse(named & ~slot_full, "forget an empty working-memory slot (see MemoryObservation.wm_occupied)")
+        self._refuse((ops.ltm_forget > 0) & ~ltm_any, "forget from an empty long-term memory")
+
+    @staticmethod
+    def _refuse(bad: Tensor, what: str) -> None:
+        if bool(bad.any()):
+            raise ValueError(f"invalid memory operation for sequences {bad.nonzero().flatten().tolist()}: {what}; "
+                             "HierarchicalMemory.op_masks() lists the valid operations")
+
+    def search_ltm(self, query: Tensor, k: int) -> LTMHits:
+        """Top-k LTM hits for one query per sequence: query (b, dk) -> LTMHits (b, 1, k)."""
+        return self.ltm.search(query.detach()[:, None, :], k)
+
+    def apply(self, ops: MemoryOps, key: Tensor, value: Tensor, query: Tensor, ltm_hits: Tensor | None = None,
+              read_k: int = 4, inv_temperature: float | Tensor = 1.0) -> MemoryReadout:
+        """Apply one chunk's operations (module doc, step 5) and return what was read.
+
+        Args:
+            ops: the operations (validated first; nothing changes if they are invalid).
+            key: (b, dk), value: (b, dv): this chunk's write candidate. query: (b, dk).
+            ltm_hits: (b, k) LTM slots from :meth:`search_ltm` on the memory as it is now
+                (reused to avoid a second search); None searches the top ``read_k``.
+            inv_temperature: scale of the similarities in ``soft`` reads.
+        """
+        self.validate(ops)
+        mode = self.config.read_mode
+        want_wm = (ops.retrieve == RETRIEVE_WM) | (ops.retrieve == RETRIEVE_BOTH)
+        want_ltm = ops.retrieve >= RETRIEVE_LTM
+        wm_read = self.wm.read(query, mode, want_wm, inv_temperature)
+        if ltm_hits is None:
+            ltm_hits = self.search_ltm(query, read_k).indices[:, 0]
+        if bool(want_ltm.any()):
+            ltm_read = self.ltm.read(query, ltm_hits, want_ltm, mode, inv_temperature)
+            ltm_value, ltm_weights, ltm_idx = ltm_read.value, ltm_read.weights, ltm_read.indices
+        else:
+            ltm_value = query.new_zeros(self.batch, self.config.value_dim)
+            ltm_weights = query.new_zeros(ltm_hits.shape)
+            ltm_idx = torch.full_like(ltm_hits, -1)
+
+        self.wm.forget(ops.forget_slot)
+        for code, forget in ((LTM_FORGET_OLDEST, self.ltm.forget_oldest),
+                             (LTM_FORGET_LEAST_USED, self.ltm.forget_least_used)):
+            which = ops.ltm_forget == code
+            if bool(which.any()):
+                forget(which)
+
+        writes = ops.write_slot >= 0
+        displaced = writes & self.wm.occupied.gather(1, ops.write_slot.clamp(min=0)[:, None])[:, 0]
+        move = displaced & (ops.evict_to_ltm == 1)
+        if bool(move.any()):
+            entry = self.wm.evict(torch.where(move, ops.write_slot, -1))
+            self.ltm.write(entry.key, entry.value, active=move)
+        self.wm.write(ops.write_slot, key, value)
+        self.tick()
+        return MemoryReadout(wm_read.value, ltm_value, wm_read.weights, ltm_weights, ltm_idx)
+
+    def tick(self, steps: int = 1) -> None:
+        """Advance both levels' clocks."""
+        self.wm.tick(steps)
+        self.ltm.tick(steps)
+
+    def reset(self, which: Tensor | None = None) -> None:
+        """Empty the memory of the sequences where ``which`` (b,) bool is True (default all)."""
+        self.wm.reset(which)
+        self.ltm.reset(which)
+
+    def detach_(self) -> None:
+        """Cut the working memory from the autograd graph (the LTM holds no graph)."""
+        self.wm.detach_()
+
+
+# ====================================================================== the model
+@dataclass(frozen=True)
+class AHMConfig:
+    """Configuration of :class:`AHMModel`; the defaults run as they are."""
+
+    backbone: MambaConfig = field(default_factory=MambaConfig)
+    """The Mamba backbone."""
+    chunk_size: int = 64
+    """Tokens per chunk C: memory operations happen at chunk boundaries."""
+    wm_slots: int = 16
+    """Working-memory slots K."""
+    ltm_capacity: int = 4096
+    """Long-term memory entries M per sequence."""
+    ltm_codec: str = "int8"
+    """LTM codec: ``none``, ``int8``, ``pq`` (call ``calibrate_codecs`` first), ``autoencoder``, ``hash``."""
+    codec_options: CodecOptions = field(default_factory=CodecOptions)
+    """Parameters of the codec."""
+    key_dim: int = 32
+    """Key / query width dk."""
+    value_dim: int | None = None
+    """Value width dv; None means d_model."""
+    integration: str = "readout"
+    """``readout`` (memory enters the logits; features cacheable) or ``state`` (gated into the SSM input)."""
+    read_mode: str = "soft"
+    """``soft`` attention or ``top1`` reads, both levels."""
+    ltm_read_k: int = 4
+    """LTM hits combined per read."""
+    obs_topk: int = 4
+    """k_obs: LTM similarities in the observation."""
+    ltm_eviction: str = "oldest"
+    """What a write into a full LTM replaces: ``oldest`` or ``least_used``."""
+    ltm_search: str = "exact"
+    """LTM search: ``exact``, or faiss ``ivf`` / ``hnsw`` (the ``ann`` extra) for large stores."""
+    ann_min_entries: int = 100_000
+    """Approximate LTM search starts once every sequence holds this many entries."""
+    init_inv_temperature: float = 10.0
+    """Initial scale of the (cosine) similarities in soft reads; learnt (log-parametrised)."""
+
+    def __post_init__(self) -> None:
+        for name in ("chunk_size", "wm_slots", "ltm_capacity", "key_dim", "ltm_read_k", "obs_topk"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"AHMConfig.{name} must be a positive int, got {value!r}")
+        if self.value_dim is not None and (not isinstance(self.value_dim, int) or self.value_dim < 1):
+            raise ValueError(f"AHMConfig.value_dim must be None or a positive int, got {self.value_dim!r}")
+        if self.integration not in INTEGRATIONS:
+            raise ValueError(f"AHMConfig.integration must be one of {INTEGRATIONS}, got {self.integration!r}")
+        if self.read_mode not in READ_MODES:
+            raise ValueError(f"AHMConfig.read_mode must be one of {READ_MODES}, got {self.read_mode!r}")
+        if self.ltm_eviction not in EVICTION_RULES:
+            raise ValueError(f"AHMConfig.ltm_eviction must be one of {EVICTION_RULES}, got {self.ltm_eviction!r}")
+        if self.ltm_search not in SEARCH_MODES:
+            raise ValueError(f"AHMConfig.ltm_search must be one of {SEARCH_MODES}, got {self.ltm_search!r}")
+        if not self.init_inv_temperature > 0:
+            raise ValueError(f"AHMConfig.init_inv_temperature must be > 0, got {self.init_inv_temperature}")
+        self.memory_config()  # codec / search combinations are checked there
+
+    @property
+    def resolved_value_dim(self) -> int:
+        return self.value_dim if self.value_dim is not None else self.backbone.d_model
+
+    @property
+    def feature_dim(self) -> int:
+        """F, the width of ``MemoryObservation.ssm_features``: d_model + n_layer * d_state."""
+        return self.backbone.d_model + self.backbone.n_layer * self.backbone.d_state
+
+    def memory_config(self) -> MemoryConfig:
+        dv = self.resolved_value_dim
+        ltm = LTMConfig(capacity=self.ltm_capacity, key_dim=self.key_dim, value_dim=dv, codec=self.ltm_codec,
+                        codec_options=self.codec_options, eviction=self.ltm_eviction, search=self.ltm_search,
+                        ann_min_entries=self.ann_min_entries)
+        return MemoryConfig(self.wm_slots, self.key_dim, dv, self.read_mode, ltm)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AHMConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"AHMConfig: unknown fields {unknown}; known fields are {sorted(known)}")
+        data = dict(data)
+        if isinstance(data.get("backbone"), dict):
+            data["backbone"] = MambaConfig.from_dict(data["backbone"])
+        if isinstance(data.get("codec_options"), dict):
+            data["codec_options"] = CodecOptions.from_dict(data["codec_options"])
+        return cls(**data)
+
+
+class BoundaryFeatures(NamedTuple):
+    """What the memory step needs from a chunk (cacheable in ``readout`` integration)."""
+
+    ssm_features: Tensor
+    """(b, F) float32, detached: see :attr:`MemoryObservation.ssm_features`."""
+    key: Tensor
+    """(b, dk) unit vectors: the write candidate's key."""
+    value: Tensor
+    """(b, dv): the write candidate's value."""
+    query: Tensor
+    """(b, dk) unit vectors: the retrieval query."""
+
+
+class ChunkFeatures(NamedTuple):
+    """The backbone's output for one chunk."""
+
+    hidden: Tensor
+    """(b, C, D): final-norm hidden states of the chunk's tokens."""
+    boundary: BoundaryFeatures
+    """Features at the chunk's last position."""
+
+
+class AHMState(NamedTuple):
+    """Everything carried from chunk to chunk. ``memory`` is mutable and updated in place."""
+
+    backbone: MambaState
+    memory: HierarchicalMemory
+    retrieved: Tensor
+    """(b, 2 dv): r_t, read at the last boundary, consumed by the next chunk."""
+
+    def detach(self) -> AHMState:
+        """Cut the graph (truncated backpropagation); detaches the memory in place."""
+        self.memory.detach_()
+        return AHMState(self.backbone.detach(), self.memory, self.retrieved.detach())
+
+
+class MemoryStep(NamedTuple):
+    """Result of :meth:`AHMModel.memory_step`."""
+
+    observation: MemoryObservation
+    ops: MemoryOps
+    readout: MemoryReadout
+    retrieved: Tensor
+    """(b, 2 dv): ``readout.vector()``."""
+
+
+class ChunkOutput(NamedTuple):
+    """Result of :meth:`AHMModel.process_chunk`."""
+
+    logits: Tensor
+    """(b, C, V): next-token logits for the chunk's tokens (from hidden + memory read at the previous boundary)."""
+    state: AHMState
+    features: ChunkFeatures
+    observation: MemoryObservation
+    ops: MemoryOps
+
+
+class _ReadoutIntegration(nn.Module):
+    """``readout``: hidden + W_r r, with W_r zero at init."""
+
+    def __init__(self, retrieved_dim: int, d_model: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(retrieved_dim, d_model, bias=False)
+        nn.init.zeros_(self.proj.weight)
+
+    def forward(self, retrieved: Tensor) -> Tensor:
+        """retrieved (b, R) -> (b, D), added to every hidden state of the next chunk."""
+        return self.proj(retrieved)
+
+
+class _StateIntegration(nn.Module):
+    """``state``: input offset sigmoid(W_g r + b_g) * W_s r, with W_s zero at init."""
+
+    def __init__(self, retrieved_dim: int, d_model: int) -> None:
+        super().__init__()
+        self.gate = nn.Linear(retrieved_dim, d_model)
+        self.proj = nn.Linear(retrieved_dim, d_model, bias=False)
+        nn.init.zeros_(self.proj.weight)
+
+    def forward(self, retrieved: Tensor) -> Tensor:
+        """retrieved (b, R) -> input offset (b, D) for the next chunk's embeddings."""
+        return torch.sigmoid(self.gate(retrieved)) * self.proj(retrieved)
+
+
+class AHMModel(nn.Module):
+    """Backbone + hierarchical memory + integration + LM head (module doc).
+
+    Example (streaming a sequence in constant memory with the default controller)::
+
+        >>> import torch
+        >>> from ahm.backbone import AHMConfig, AHMModel, DefaultController, MambaConfig
+        >>> model = AHMModel(AHMConfig(MambaConfig(vocab_size=16, d_model=16, n_layer=1), chunk_size=8,
+        ...                            wm_slots=2, ltm_capacity=8))
+        >>> with torch.no_grad():
+        ...     outs = [out.logits.shape for out in model.stream(torch.randint(0, 16, (2, 40)), DefaultController())]
+        >>> outs[0], len(outs)
+        (torch.Size([2, 8, 16]), 5)
+    """
+
+    def __init__(self, config: AHMConfig | None = None) -> None:
+        super().__init__()
+        config = config or AHMConfig()
+        self.config = config
+        d, dk, dv = config.backbone.d_model, config.key_dim, config.resolved_value_dim
+        self.backbone = MambaBackbone(config.backbone)
+        self.lm_head = nn.Linear(d, config.backbone.vocab_size, bias=False)
+        if config.backbone.tie_embeddings:
+            self.lm_head.weight = self.backbone.embedding.weight
+        self.key_proj = nn.Linear(d, dk, bias=False)
+        self.query_proj = nn.Linear(d, dk, bias=False)
+        self.value_proj = nn.Linear(d, dv, bias=False)
+        self.log_inv_temperature = nn.Parameter(torch.tensor(math.log(config.init_inv_temperature)))
+        self.key_codec = make_codec(config.ltm_codec, dk, config.codec_options)
+        self.value_codec = make_codec(config.ltm_codec, dv, config.codec_options)
+        integration = _ReadoutIntegration if config.integration == "readout" else _StateIntegration
+        self.integration = integration(2 * dv, d)
+
+    # ---------------------------------------------------------------- state
+    def init_state(self, batch: int, device: torch.device | str | None = None) -> AHMState:
+        """Zero backbone state, empty memory (sharing the model's codecs), nothing retrieved."""
+        device = torch.device(device) if device is not None else self.lm_head.weight.device
+        memory = HierarchicalMemory(batch, self.config.memory_config(), self.key_codec, self.value_codec, device)
+        retrieved = torch.zeros(batch, 2 * self.config.resolved_value_dim, device=device)
+        return AHMState(self.backbone.init_state(batch, device), memory, retrieved)
+
+    # ---------------------------------------------------------------- the pieces
+    def chunk_features(self, tokens: Tensor, backbone_state: MambaState | None = None,
+                       input_offset: Tensor | None = None) -> tuple[ChunkFeatures, MambaState]:
+        """Run the backbone on one chunk: tokens (b, C) -> :class:`ChunkFeatures` and the next backbone state.
+
+        In ``readout`` integration (``input_offset=None``) this does not depend on memory or the
+        controller: compute it once per sequence and cache it.
+        """
+        hidden, state = self.backbone(tokens, backbone_state, input_offset)
+        return ChunkFeatures(hidden, self.boundary_features(hidden[:, -1], state)), state
+
+    def boundary_features(self, last_hidden: Tensor, state: MambaState) -> BoundaryFeatures:
+        """last_hidden (b, D) and the backbone state after the chunk -> :class:`BoundaryFeatures`."""
+        ssm = [layer.ssm.detach().float().pow(2).mean(1).sqrt() for layer in state.layers]  # L x (b, N)
+        features = torch.cat([last_hidden.detach().float(), *ssm], dim=-1)  # (b, F)
+        return BoundaryFeatures(
+            features,
+            F.normalize(self.key_proj(last_hidden), dim=-1),
+            self.value_proj(last_hidden),
+            F.normalize(self.query_proj(last_hidden), dim=-1),
+        )
+
+    @torch.no_grad()
+    def observe(self, boundary: BoundaryFeatures, memory: HierarchicalMemory) -> tuple[MemoryObservation, LTMHits]:
+        """The observation of the memory before this chunk's ops, and the LTM hits it searched (b, 1, k)."""
+        c = self.config
+        query = boundary.query.detach()
+        hits = memory.search_ltm(query, max(c.obs_topk, c.ltm_read_k))
+        wm = memory.wm
+        zero_inf = lambda t: torch.where(torch.isinf(t), torch.zeros_like(t), t).float()
+        obs = MemoryObservation(
+            ssm_features=boundary.ssm_features.float(),
+            wm_occupied=wm.occupied.float(),
+            wm_age=wm.age.float(),
+            wm_uses=wm.uses.float(),
+            wm_similarity=zero_inf(wm.similarity(query)),
+            ltm_fill=memory.ltm.fill(),
+            ltm_topk_similarity=zero_inf(hits.scores[:, 0, : c.obs_topk]),
+        )
+        return obs, hits
+
+    def memory_step(self, boundary: BoundaryFeatures, memory: HierarchicalMemory,
+                    controller: Controller) -> MemoryStep:
+        """Observe, ask the controller, apply its ops to ``memory`` (in place), and return what was read.
+
+        Needs only the boundary features, so it runs on cached ones in ``readout`` integration.
+        """
+        obs, hits = self.observe(boundary, memory)
+        ops = controller(obs)
+        readout = memory.apply(ops, boundary.key, boundary.value, boundary.query,
+                               hits.indices[:, 0, : self.config.ltm_read_k], self.config.ltm_read_k,
+                               self.log_inv_temperature.exp())
+        return MemoryStep(obs, ops, readout, readout.vector())
+
+    def readout(self, hidden: Tensor, retrieved: Tensor) -> Tensor:
+        """hidden (b, l, D) and the retrieved r (b, 2 dv) of the previous boundary -> logits (b, l, V)."""
+        if self.config.integration == "readout":
+            hidden = hidden + self.integration(retrieved)[:, None, :]
+        return self.lm_head(hidden)
+
+    def input_offset(self, retrieved: Tensor) -> Tensor | None:
+        """The SSM-input offset (b, D) for the next chunk (``state`` integration), else None."""
+        return self.integration(retrieved) if self.config.integration == "state" else None
+
+    # ---------------------------------------------------------------- chunks and streams
+    def process_chunk(self, tokens: Tensor, state: AHMState, controller: Controller) -> ChunkOutput:
+        """One chunk (module doc, steps 1-6): tokens (b, C) -> logits (b, C, V) and the next state."""
+        features, backbone_state = self.chunk_features(tokens, state.backbone, self.input_offset(state.retrieved))
+        logits = self.readout(features.hidden, state.retrieved)
+        step = self.memory_step(features.boundary, state.memory, controller)
+        return ChunkOutput(logits, AHMState(backbone_state, state.memory, step.retrieved), features,
+                           step.observation, step.ops)
+
+    def stream(self, tokens: Tensor, controller: Controller, state: AHMState | None = None,
+               chunk_size: int | None = None) -> Iterator[ChunkOutput]:
+        """Process tokens (b, L) chunk by chunk, yielding each :class:`ChunkOutput`.
+
+        Memory use is constant in L as long as the caller does not keep the outputs (and
+        runs under ``torch.no_grad()`` or detaches the state between chunks). The last
+        chunk may be shorter than ``chunk_size`` (default ``config.chunk_size``).
+        """
+        if tokens.dim() != 2 or tokens.shape[1] < 1:
+            raise ValueError(f"stream: tokens must have shape (batch, length >= 1), got {tuple(tokens.shape)}")
+        chunk = chunk_size or self.config.chunk_size
+        state = state if state is not None else self.init_state(tokens.shape[0], tokens.device)
+        for s in range(0, tokens.shape[1], chunk):
+            out = self.process_chunk(tokens[:, s : s + chunk], state, controller)
+            state = out.state
+            yield out
+
+    # ---------------------------------------------------------------- codecs
+    @torch.no_grad()
+    def calibrate_codecs(self, tokens: Tensor, generator: torch.Generator | None = None) -> None:
+        """Fit the LTM codecs (needed by ``pq``) on the keys / values of every position of tokens (b, L).
+
+        Uses the backbone without memory; every position's projections, not only chunk
+        boundaries, so a few thousand tokens give enough samples (pq needs 2**pq_bits).
+        """
+        hidden, _ = self.backbone(tokens)
+        hidden = hidden.reshape(-1, hidden.shape[-1])
+        self.key_codec.fit(F.normalize(self.key_proj(hidden), dim=-1), generator)
+        self.value_codec.fit(self.value_proj(hidden), generator)
+
+    def codec_loss(self, boundary: BoundaryFeatures) -> Tensor:
+        """Reconstruction loss of this chunk's keys and values through the LTM codecs (trains ``autoencoder``).
+
+        The targets are detached: the loss trains the codec, not the projections.
+        """
+        return (self.key_codec.reconstruction_loss(boundary.key.detach())
+                + self.value_codec.reconstruction_loss(boundary.value.detach()))
