@@ -144,6 +144,20 @@ class CodecOptions:
         return cls(**data)
 
 
+def _merge_topk(best: tuple[Tensor, Tensor] | None, scores: Tensor, idx: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Merge a block's top-k (scores, global indices) (b, q, k) into the running best."""
+    if best is None:
+        return scores, idx
+    scores, idx = torch.cat([best[0], scores], -1), torch.cat([best[1], idx], -1)
+    top, order = torch.topk(scores, k, dim=-1)
+    return top, torch.gather(idx, -1, order)
+
+
+def _finish(best: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor]:
+    assert best is not None, "a search needs m >= 1 stored vectors"
+    return best[0], torch.where(torch.isneginf(best[0]), torch.full_like(best[1], -1), best[1])
+
+
 def blocked_topk(queries: Tensor, m: int, key_block, k: int, mask: Tensor | None,
                  block: int | None = None) -> tuple[Tensor, Tensor]:
     """Exact top-k of ``queries`` (b, q, d') against keys produced block by block.
@@ -154,19 +168,30 @@ def blocked_topk(queries: Tensor, m: int, key_block, k: int, mask: Tensor | None
     ``-inf`` / ``-1`` where fewer than k keys are valid. ``block`` defaults to ``_SEARCH_BLOCK``.
     """
     block = block or _SEARCH_BLOCK
-    best_s = best_i = None
+    best = None
     for s in range(0, m, block):
         e = min(m, s + block)
         scores, idx = topk_similarity(queries, key_block(s, e), k, None if mask is None else mask[:, s:e])
-        idx = torch.where(idx >= 0, idx + s, idx)
-        if best_s is None:
-            best_s, best_i = scores, idx
-            continue
-        scores, idx = torch.cat([best_s, scores], -1), torch.cat([best_i, idx], -1)
-        best_s, order = torch.topk(scores, k, dim=-1)
-        best_i = torch.gather(idx, -1, order)
-    assert best_s is not None and best_i is not None, "blocked_topk needs m >= 1"
-    return best_s, torch.where(torch.isneginf(best_s), torch.full_like(best_i, -1), best_i)
+        best = _merge_topk(best, scores, torch.where(idx >= 0, idx + s, idx), k)
+    return _finish(best)
+
+
+def blocked_scores_topk(score_block, m: int, k: int, mask: Tensor | None, block: int) -> tuple[Tensor, Tensor]:
+    """Exact top-k from scores computed block by block: ``score_block(s, e)`` -> (b, q, e - s)."""
+    best = None
+    for s in range(0, m, block):
+        e = min(m, s + block)
+        scores = score_block(s, e)
+        if mask is not None:
+            scores = scores.masked_fill(~mask[:, None, s:e], float("-inf"))
+        kk = min(k, e - s)
+        top, idx = torch.topk(scores, kk, dim=-1)
+        if kk < k:
+            pad = k - kk
+            top = torch.cat([top, top.new_full((*top.shape[:-1], pad), float("-inf"))], -1)
+            idx = torch.cat([idx, idx.new_full((*idx.shape[:-1], pad), -1)], -1)
+        best = _merge_topk(best, top, torch.where(idx >= 0, idx + s, idx), k)
+    return _finish(best)
 
 
 class VectorCodec(nn.Module, ABC):
@@ -396,6 +421,31 @@ class PQCodec(VectorCodec):
         sub_index = torch.arange(self.n_sub, device=c.device)
         return self.codebooks[sub_index, c].reshape(*c.shape[:-1], self.dim)  # (..., S, ds) -> (..., d)
 
+    # Queries per call up to which search uses lookup tables; more queries decode blocks and use the kernel.
+    _ADC_MAX_QUERIES = 16
+
+    def search(self, queries: Tensor, codes: tuple[Tensor, ...], k: int, mask: Tensor | None = None):
+        """Asymmetric distance computation (Jegou et al., 2011, Sec. 3.1) for a few queries per call.
+
+        ``q . decode(c) = sum_s <q_s, codebook_s[c_s]>``: one (S x C) table of sub-vector inner
+        products per query, then S table look-ups per stored vector instead of decoding it.
+        The same scores as the inner product with the decoded vector, summed in another order.
+        """
+        b, nq, _ = queries.shape
+        if nq > self._ADC_MAX_QUERIES:
+            return super().search(queries, codes, k, mask)
+        sub = queries.float().reshape(b, nq, self.n_sub, self.sub_dim)
+        tables = torch.einsum("bqsd,scd->bqsc", sub, self.codebooks).reshape(b, nq, -1)  # (b, q, S C)
+        offsets = torch.arange(self.n_sub, device=queries.device) * self.n_centroids  # (S,)
+        stored = codes[0]
+
+        def score_block(s: int, e: int) -> Tensor:
+            idx = (stored[:, s:e].long() + offsets).reshape(b, 1, -1).expand(b, nq, -1)  # (b, q, n S)
+            return tables.gather(2, idx).view(b, nq, e - s, self.n_sub).sum(-1)  # (b, q, n)
+
+        block = max(1024, _SEARCH_BLOCK // nq)
+        return blocked_scores_topk(score_block, stored.shape[1], k, mask, block)
+
 
 class AutoencoderCodec(VectorCodec):
     """A small learnt compressor: MLP encoder to a float16 latent, linear decoder.
@@ -480,6 +530,9 @@ class HashCodec(VectorCodec):
         g = torch.Generator().manual_seed(options.seed)
         self.register_buffer("projection", torch.randn(self.n_bits, dim, generator=g))  # (n_bits, d)
         self.register_buffer("_bit_weights", 2 ** torch.arange(8, dtype=torch.int32), persistent=False)
+        # Byte -> its 8 bits as +-1 (least significant first): unpacking is one table look-up.
+        table = torch.where((torch.arange(256, dtype=torch.int32)[:, None] & self._bit_weights) > 0, 1.0, -1.0)
+        self.register_buffer("_unpack_table", table, persistent=False)  # (256, 8)
 
     @property
     def fields(self) -> tuple[CodeField, ...]:
@@ -491,8 +544,7 @@ class HashCodec(VectorCodec):
 
     def _unpack(self, bits: Tensor) -> Tensor:
         """bits (..., n_bits / 8) uint8 -> +-1 float32 (..., n_bits)."""
-        b = (bits.to(torch.int32)[..., None] & self._bit_weights) > 0  # (..., n_bytes, 8)
-        return torch.where(b, 1.0, -1.0).reshape(*bits.shape[:-1], self.n_bits)
+        return self._unpack_table[bits.long()].reshape(*bits.shape[:-1], self.n_bits)  # (..., n_bytes, 8) -> flat
 
     def encode(self, x: Tensor) -> tuple[Tensor, ...]:
         self._check_vectors(x, "encode")
@@ -505,11 +557,28 @@ class HashCodec(VectorCodec):
         direction = F.normalize(self._unpack(codes[0]) @ self.projection, dim=-1)  # (..., d)
         return direction * codes[1].float()[..., None]
 
+    _TABLE_MAX_QUERIES = 16  # as PQCodec: per-byte lookup tables for a few queries, unpacking for many
+
     def search(self, queries: Tensor, codes: tuple[Tensor, ...], k: int, mask: Tensor | None = None):
-        # +-1 inner product = n_bits - 2 h, so the kernel's top-k is the Hamming top-k.
-        q_signs = self._signs(queries)  # (b, q, n_bits)
+        b, nq, _ = queries.shape
         bits = codes[0]
-        ip, idx = blocked_topk(q_signs, bits.shape[1], lambda s, e: self._unpack(bits[:, s:e]), k, mask)
+        if nq > self._TABLE_MAX_QUERIES:
+            # +-1 inner product = n_bits - 2 h, so the kernel's top-k over unpacked bits is the Hamming top-k.
+            ip, idx = blocked_topk(self._signs(queries), bits.shape[1], lambda s, e: self._unpack(bits[:, s:e]), k,
+                                   mask)
+        else:
+            # h = sum_j popcount(q_j xor c_j) over bytes j: a (n_bytes x 256) table per query, one look-up per byte.
+            n_bytes = self.n_bits // 8
+            q_bytes = self.encode(queries)[0].long()  # (b, q, n_bytes)
+            xor = q_bytes[..., None] ^ torch.arange(256, device=queries.device)  # (b, q, n_bytes, 256)
+            tables = (self._unpack_table[xor] > 0).sum(-1).float().reshape(b, nq, -1)  # set bits of xor: differing
+            offsets = torch.arange(n_bytes, device=queries.device) * 256
+
+            def score_block(s: int, e: int) -> Tensor:  # n_bits - 2 h, the +-1 inner product
+                look = (bits[:, s:e].long() + offsets).reshape(b, 1, -1).expand(b, nq, -1)
+                return self.n_bits - 2 * tables.gather(2, look).view(b, nq, e - s, n_bytes).sum(-1)
+
+            ip, idx = blocked_scores_topk(score_block, bits.shape[1], k, mask, max(1024, _SEARCH_BLOCK // nq))
         hamming = (self.n_bits - ip) / 2
         scores = torch.where(torch.isneginf(ip), ip, torch.cos(math.pi * hamming / self.n_bits))
         return scores, idx

@@ -547,7 +547,11 @@ class _AnnIndex:
         quantizer = faiss.IndexFlatIP(d)
         index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
         index.cp.seed = c.codec_options.seed
-        index.train(x)
+        train = x
+        if x.shape[0] > 64 * nlist:  # k-means needs ~30-256 points per list (faiss's guidance); more only costs
+            g = torch.Generator().manual_seed(c.codec_options.seed)
+            train = x[torch.randperm(x.shape[0], generator=g)[: 64 * nlist].sort().values.numpy()]
+        index.train(np.ascontiguousarray(train))
         index.nprobe = c.ann_nprobe
         return index
 

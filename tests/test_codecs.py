@@ -116,6 +116,20 @@ def test_search_is_exact_over_the_codec_similarity(name, monkeypatch):
     assert torch.equal(idx, ref_i)
 
 
+@pytest.mark.parametrize("name", ["pq", "hash"])
+def test_lookup_tables_equal_decoding(name):
+    """pq and hash search with lookup tables for <= 16 queries per call and decode blocks for more: same results."""
+    x, q = dataset(n=1000)
+    codec = make_codec(name, D, CodecOptions(pq_backend="builtin", pq_iters=5))
+    codec.fit(x)
+    codes = tuple(c[None] for c in codec.encode(x))
+    many_s, many_i = codec.search(q[None, :32], codes, 8)  # decoding path
+    few_s, few_i = codec.search(q[None, :16], codes, 8)  # lookup tables
+    torch.testing.assert_close(few_s, many_s[:, :16], rtol=1e-5, atol=1e-5)
+    if name == "pq":  # hash distances are integers with many ties: the scores say it all
+        assert torch.equal(few_i, many_i[:, :16])
+
+
 def test_fewer_valid_than_k_pads_with_minus_one():
     codec = make_codec("none", 4)
     codes = codec.encode(torch.randn(1, 6, 4))
