@@ -75,7 +75,8 @@ INTEGRATIONS = ("readout", "state")
 class MemoryOps(NamedTuple):
     """The memory operations of one chunk, one int64 (b,) tensor per operation.
 
-    Semantics (applied in the order retrieve, forget, evict-and-write):
+    Each field's meaning is documented below; :meth:`HierarchicalMemory.apply` applies
+    them in the order retrieve, forget (WM slot, then LTM), evict-and-write.
     """
 
     write_slot: Tensor

@@ -171,9 +171,9 @@ class LongTermMemory:
             raise ValueError(f"LongTermMemory: batch must be a positive int, got {batch!r}")
         self.batch, self.config = batch, config
         self.key_codec = key_codec if key_codec is not None else make_codec(
-            config.codec, config.key_dim, config.codec_options)
+            config.codec, config.key_dim, config.codec_options).to(device)
         self.value_codec = value_codec if value_codec is not None else make_codec(
-            config.codec, config.value_dim, config.codec_options)
+            config.codec, config.value_dim, config.codec_options).to(device)
         for what, codec, dim in (("key", self.key_codec, config.key_dim), ("value", self.value_codec,
                                                                              config.value_dim)):
             if codec.name != config.codec or codec.dim != dim:
