@@ -490,6 +490,11 @@ class AHMState(NamedTuple):
     retrieved: Tensor
     """(b, 2 dv): r_t, read at the last boundary, consumed by the next chunk."""
 
+    def nbytes(self) -> Tensor:
+        """(b,) int64: state bytes per sequence, the SSM's recurrent state plus the memory's entries
+        (the x-axis of accuracy-against-state-bytes plots)."""
+        return self.memory.nbytes() + self.backbone.nbytes() // self.backbone.batch_size
+
     def detach(self) -> AHMState:
         """Cut the graph (truncated backpropagation); detaches the memory in place."""
         self.memory.detach_()

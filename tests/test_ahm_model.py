@@ -172,6 +172,8 @@ def test_observation_shapes_and_accounting():
     wm_bytes = 3 * (c.key_dim + c.resolved_value_dim) * 4
     ltm_bytes = 6 * ((c.key_dim + 4) + (c.resolved_value_dim + 4))  # int8 codes + a float32 scale each
     assert memory.nbytes().tolist() == [wm_bytes + ltm_bytes] * 2
+    ssm_bytes = 2 * (32 * 4 + 32 * 3) * 4  # per layer: (d_inner, d_state) SSM state + (d_inner, d_conv - 1) conv
+    assert outs[-1].state.nbytes().tolist() == [wm_bytes + ltm_bytes + ssm_bytes] * 2
 
 
 def test_invalid_operations_raise_and_change_nothing():
