@@ -17,7 +17,6 @@ table. Not part of CI.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 from _common import markdown_table
 
 from ahm.backbone import MambaConfig, MambaLM
+from ahm.cli import parse_config
 
 
 @dataclass
@@ -91,10 +91,7 @@ def accuracy_at(lm: MambaLM, args: Args, length: int, sequences: int, seed: int)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for name, value in asdict(Args()).items():
-        parser.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
-    args = Args(**vars(parser.parse_args()))
+    args = parse_config(Args, description=__doc__)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

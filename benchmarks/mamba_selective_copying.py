@@ -15,7 +15,6 @@ sequences and prints a markdown table. Not part of CI.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -26,6 +25,7 @@ import torch.nn.functional as F
 from _common import markdown_table
 
 from ahm.backbone import MambaConfig, MambaLM
+from ahm.cli import parse_config
 
 
 @dataclass
@@ -43,21 +43,25 @@ class Args:
     minutes: float = 30.0
     """Training wall-clock budget."""
     eval_sequences: int = 256
+    curriculum: bool = False
+    """Train on short regions first (256, doubling whenever accuracy at the current length
+    reaches 0.9), ending at --length; the test is always at --length."""
     seed: int = 0
     threads: int = 0
     """torch threads (0: leave the default)."""
     out: str = "benchmarks/results/selective_copying.json"
 
 
-def make_batch(args: Args, batch: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """tokens (b, length + k) and targets (b, k) for the k copy positions."""
+def make_batch(args: Args, batch: int, g: torch.Generator, length: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """tokens (b, length + k) and targets (b, k) for the k copy positions (length: --length by default)."""
     k = args.data_tokens
-    tokens = torch.zeros(batch, args.length + k, dtype=torch.long)
+    length = length or args.length
+    tokens = torch.zeros(batch, length + k, dtype=torch.long)
     # k distinct positions per sequence, kept in order: the order of the copy.
-    pos = torch.rand(batch, args.length, generator=g).argsort(dim=1)[:, :k].sort(dim=1).values
+    pos = torch.rand(batch, length, generator=g).argsort(dim=1)[:, :k].sort(dim=1).values
     data = torch.randint(1, args.vocab - 1, (batch, k), generator=g)
     tokens.scatter_(1, pos, data)
-    tokens[:, args.length :] = args.vocab - 1
+    tokens[:, length:] = args.vocab - 1
     return tokens, data
 
 
@@ -67,11 +71,11 @@ def output_logits(lm: MambaLM, tokens: torch.Tensor, k: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(lm: MambaLM, args: Args, n: int, seed: int) -> float:
+def evaluate(lm: MambaLM, args: Args, n: int, seed: int, length: int = 0) -> float:
     g = torch.Generator().manual_seed(seed)
     correct = total = 0
     for start in range(0, n, args.batch):
-        tokens, data = make_batch(args, min(args.batch, n - start), g)
+        tokens, data = make_batch(args, min(args.batch, n - start), g, length)
         pred = output_logits(lm, tokens, args.data_tokens).argmax(-1)
         correct += (pred == data).sum().item()
         total += data.numel()
@@ -79,10 +83,7 @@ def evaluate(lm: MambaLM, args: Args, n: int, seed: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for name, value in asdict(Args()).items():
-        parser.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
-    args = Args(**vars(parser.parse_args()))
+    args = parse_config(Args, description=__doc__)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -92,12 +93,14 @@ def main() -> None:
     opt = torch.optim.AdamW(lm.parameters(), lr=args.lr, weight_decay=0.1, betas=(0.9, 0.95))
     budget = args.minutes * 60
     start = time.perf_counter()
-    step, curve = 0, []
+    step, curve, tokens_seen = 0, [], 0
+    length = min(256, args.length) if args.curriculum else args.length
     while time.perf_counter() - start < budget:
         # Linear warm-up over 100 steps, then constant: the run length is unknown in steps.
         for group in opt.param_groups:
             group["lr"] = args.lr * min(1.0, (step + 1) / 100)
-        tokens, data = make_batch(args, args.batch, g)
+        tokens, data = make_batch(args, args.batch, g, length)
+        tokens_seen += tokens.numel()
         logits = output_logits(lm, tokens, args.data_tokens)
         loss = F.cross_entropy(logits.reshape(-1, args.vocab), data.reshape(-1))
         opt.zero_grad(set_to_none=True)
@@ -107,9 +110,13 @@ def main() -> None:
         step += 1
         if step % 25 == 0:
             elapsed = time.perf_counter() - start
-            acc = evaluate(lm, args, 32, seed=10_000)
-            curve.append({"step": step, "seconds": round(elapsed, 1), "loss": loss.item(), "acc32": acc})
-            print(f"step {step:5d}  {elapsed:7.1f}s  loss {loss.item():.4f}  acc(32 seqs) {acc:.3f}", flush=True)
+            acc = evaluate(lm, args, 32, seed=10_000, length=length)
+            curve.append({"step": step, "seconds": round(elapsed, 1), "length": length, "loss": loss.item(),
+                          "acc32": acc})
+            print(f"step {step:5d}  {elapsed:7.1f}s  length {length}  loss {loss.item():.4f}  "
+                  f"acc(32 seqs) {acc:.3f}", flush=True)
+            if args.curriculum and acc >= 0.9 and length < args.length:
+                length = min(2 * length, args.length)
     train_seconds = time.perf_counter() - start
 
     acc = evaluate(lm, args, args.eval_sequences, seed=123_456)
@@ -117,7 +124,7 @@ def main() -> None:
         "args": asdict(args),
         "steps": step,
         "train_seconds": round(train_seconds, 1),
-        "train_tokens": step * args.batch * (args.length + args.data_tokens),
+        "train_tokens": tokens_seen,
         "accuracy": acc,
         "chance": 1 / (args.vocab - 2),
         "paper_accuracy": 0.998,
@@ -128,10 +135,10 @@ def main() -> None:
     print()
     print(
         markdown_table(
-            ["task", "length", "steps", "train time (s)", "train tokens", "accuracy", "chance", "paper"],
+            ["task", "length", "curriculum", "steps", "train time (s)", "train tokens", "accuracy", "chance", "paper"],
             [[
-                "selective copying", args.length, step, result["train_seconds"], result["train_tokens"],
-                f"{acc:.4f}", f"{result['chance']:.4f}", "0.998",
+                "selective copying", args.length, f"256 -> {length}" if args.curriculum else "no", step,
+                result["train_seconds"], result["train_tokens"], f"{acc:.4f}", f"{result['chance']:.4f}", "0.998",
             ]],
         )
     )
