@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -286,3 +288,41 @@ def test_empty_sequence_and_unknown_backend_raise():
         selective_scan(**x)
     with pytest.raises(ValueError, match="unknown backend 'fastest' is not available"):
         selective_scan(**make_inputs(), backend="fastest")
+
+
+def test_mamba_ssm_adapter_passes_arguments_through(monkeypatch):
+    """The adapter hands mamba_ssm's selective_scan_fn the same arguments, in its order.
+
+    mamba_ssm needs CUDA, so a stand-in with its signature (computing with ref) takes
+    its place; on a GPU machine benchmarks/gpu_kernels.py compares the real kernel.
+    """
+    scan_module = importlib.import_module("ahm.kernels.selective_scan")  # the package re-exports the function
+
+    calls = []
+
+    def fake_selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                               return_last_state=False):
+        calls.append((delta_softplus, return_last_state))
+        return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+
+    monkeypatch.setattr(scan_module, "_mamba_ssm_fn", lambda: fake_selective_scan_fn)
+    monkeypatch.setattr(scan_module, "available_backends", lambda device="cpu": ["ref", "mamba_ssm"])
+    x = make_inputs()
+    h0 = x.pop("initial_state")
+    y, h = selective_scan(**x, delta_softplus=True, return_last_state=True, backend="mamba_ssm")
+    y_ref, h_ref = selective_scan_ref(**x, delta_softplus=True, return_last_state=True)
+    assert calls == [(True, True)]
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=0)
+    torch.testing.assert_close(h, h_ref, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="takes no initial_state"):
+        selective_scan(**x, initial_state=h0, backend="mamba_ssm")
+
+
+def test_auto_never_picks_mamba_ssm_with_an_initial_state(monkeypatch):
+    scan_module = importlib.import_module("ahm.kernels.selective_scan")  # the package re-exports the function
+
+    names = ["ref", "chunked", "triton", "mamba_ssm"]
+    monkeypatch.setattr(scan_module, "available_backends", lambda device="cpu": names)
+    assert scan_module.select_backend("cuda", initial_state=False) == "mamba_ssm"
+    assert scan_module.select_backend("cuda", initial_state=True) == "triton"
+    assert scan_module.select_backend("cpu") == "cpu"
