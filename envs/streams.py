@@ -341,6 +341,7 @@ class TaskStream(ABC):
 # The registry is filled on first use: the task modules import this one for the
 # base class, so importing them here at module level would be circular.
 _TASK_CLASSES = {
+    "passkey": ("ahm.envs.passkey", "PasskeyStream"),
     "text": ("ahm.envs.text_stream", "TextStream"),
 }
 
