@@ -342,6 +342,9 @@ class TaskStream(ABC):
 # base class, so importing them here at module level would be circular.
 _TASK_CLASSES = {
     "passkey": ("ahm.envs.passkey", "PasskeyStream"),
+    "mqar": ("ahm.envs.mqar", "MQARStream"),
+    "forget": ("ahm.envs.forget", "ForgetStream"),
+    "decoy": ("ahm.envs.decoy", "DecoyStream"),
     "text": ("ahm.envs.text_stream", "TextStream"),
 }
 
