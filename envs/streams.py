@@ -344,6 +344,7 @@ _TASK_CLASSES = {
     "passkey": ("ahm.envs.passkey", "PasskeyStream"),
     "mqar": ("ahm.envs.mqar", "MQARStream"),
     "forget": ("ahm.envs.forget", "ForgetStream"),
+    "copy": ("ahm.envs.selective_copy", "SelectiveCopyStream"),
     "decoy": ("ahm.envs.decoy", "DecoyStream"),
     "text": ("ahm.envs.text_stream", "TextStream"),
 }
