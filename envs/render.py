@@ -72,7 +72,8 @@ def render_rgb(history: list[dict[str, Any]], slots: int) -> np.ndarray:
         fade = 1.0 / (1.0 + age / 64.0)
         grid[:k, i] = np.where(occupied[:, None], colour * (0.35 + 0.65 * fade[:, None]), 0.0)
         grid[k : 2 * k, i] = np.clip(h["wm_read"], 0, 1)[:, None]
-        grid[2 * k, i] = (0.1, 0.3, 1.0 * h["ltm_fill"] + 0.1 * (h["ltm_fill"] > 0))
+        fill = h["ltm_fill"]
+        grid[2 * k, i] = np.array((0.2, 0.4, 1.0)) * (0.3 + 0.7 * fill) * (fill > 0)
         grid[2 * k + 1, i] = np.clip(h["ltm_read"], 0, 1)
         r = np.tanh(10 * h["reward"])
         grid[2 * k + 2, i] = (max(-r, 0.0), max(r, 0.0), 0.0)
