@@ -1,0 +1,345 @@
+"""The native vector env (:class:`AHMMemoryVectorEnv`) and its adapter to Stable-Baselines3 (:class:`SB3VecEnvAdapter`).
+
+``AHMMemoryVectorEnv`` runs ``num_envs`` episodes on one
+:class:`~ahm.envs.memory_env.EpisodeBatch`: one batched memory of ``num_envs``
+sequences (every memory operation is one batched tensor op over the sub-envs),
+and the backbone batched over the sub-envs that reset together (readout
+integration: their feature caches in one pass; state integration: every step).
+It is the same code as :class:`~ahm.envs.memory_env.AHMMemoryEnv` at b = 1, and
+sub-env i seeded ``seed + i`` equals ``AHMMemoryEnv`` reset with ``seed + i``
+step for step, autoresets included (tested against ``gymnasium.vector.SyncVectorEnv``).
+
+Autoreset: ``AutoresetMode.SAME_STEP`` (declared in ``metadata``). When a
+sub-env terminates or truncates, the same ``step`` resets it: the returned
+observation and info are the new episode's, and ``info["final_obs"]`` /
+``info["final_info"]`` (masked by ``info["_final_obs"]``) hold the last
+observation and info of the episode that ended, exactly as ``SyncVectorEnv``
+does in that mode. Stable-Baselines3 expects this convention, so the adapter
+only renames ``final_obs`` to ``terminal_observation``.
+
+Stable-Baselines3 does not accept Gymnasium vector envs; :class:`SB3VecEnvAdapter`
+is its ``VecEnv`` over ours, with ``env_method("action_masks")`` for
+sb3-contrib's ``MaskablePPO``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+from gymnasium.utils import seeding
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvObs, VecEnvStepReturn
+
+from ahm.backbone import AHMModel
+from ahm.envs.memory_env import AHMMemoryConfig, EpisodeBatch, MemoryOpsSpace, draw_stream_seed
+from ahm.envs.render import render_ansi, render_rgb
+from ahm.rewards import RewardTerm, RewardWeights
+
+__all__ = ["AHMMemoryVectorEnv", "SB3VecEnvAdapter", "VectorStep"]
+
+
+def _masked(tree: dict[str, Any], mask: np.ndarray) -> dict[str, Any]:
+    """A nested dict of (b, ...) arrays with Gymnasium's ``_key`` presence masks added at every level."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out[key] = _masked(value, mask) if isinstance(value, dict) else value
+        out[f"_{key}"] = mask.copy()
+    return out
+
+
+def _only_rows(tree: dict[str, Any], rows: np.ndarray) -> dict[str, Any]:
+    """``tree`` with every other row zeroed (how ``SyncVectorEnv`` fills ``final_info`` for sub-envs that go on)."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out[key] = _only_rows(value, rows)
+        else:
+            out[key] = np.zeros_like(value)
+            out[key][rows] = value[rows]
+    return out
+
+
+def _replace_rows(tree: dict[str, Any], new: dict[str, Any], rows: np.ndarray) -> dict[str, Any]:
+    """``tree`` with rows ``rows`` taken from ``new`` (same structure; keys missing from ``new`` are kept)."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if key not in new:
+            out[key] = value
+        elif isinstance(value, dict):
+            out[key] = _replace_rows(value, new[key], rows)
+        else:
+            value = value.copy()
+            value[rows] = new[key][rows]
+            out[key] = value
+    return out
+
+
+def _rows_of(tree: dict[str, Any], n: int) -> list[dict[str, Any]]:
+    """Per-row dicts of a nested dict of (n, ...) arrays (Python scalars, (...) arrays), converting each leaf once."""
+    rows: list[dict[str, Any]] = [{} for _ in range(n)]
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            parts = _rows_of(value, n)
+        elif value.ndim == 1:
+            parts = value.tolist()
+        else:
+            parts = list(value.copy())
+        for row, part in zip(rows, parts):
+            row[key] = part
+    return rows
+
+
+class VectorStep(NamedTuple):
+    """One step of the vector env, before Gymnasium's info masks are added."""
+
+    observation: dict[str, np.ndarray]
+    reward: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+    info: dict[str, Any]
+    """Nested (n, ...) arrays: the step's info, or the new episode's reset info for sub-envs that ended;
+    ``is_success`` is absent for the latter (``info_present`` says where it is)."""
+    info_present: np.ndarray
+    """(n,) bool: sub-envs whose ``info`` is a step info (not a reset info)."""
+    final_observation: dict[str, np.ndarray] | None
+    """The last observation of every sub-env (meaningful where terminated | truncated), or None if none ended."""
+    final_info: dict[str, Any] | None
+    """The step info of every sub-env (meaningful where terminated | truncated), or None if none ended."""
+
+
+class AHMMemoryVectorEnv(VectorEnv):
+    """``num_envs`` ``AHMMemoryEnv`` episodes stepped together on one batched memory (module doc).
+
+    Arguments are those of :class:`~ahm.envs.memory_env.AHMMemoryEnv` plus ``num_envs``;
+    ``gymnasium.make_vec(id, num_envs, vectorization_mode="vector_entry_point", **kwargs)``
+    creates it. Observations are the single env's Dict with a leading ``num_envs``
+    axis; actions are ``(num_envs, 5)``; :meth:`action_masks` is ``(num_envs, 2 K + 11)``.
+
+    Example::
+
+        >>> import gymnasium as gym
+        >>> import ahm
+        >>> envs = gym.make_vec("AHMMemory-v0", num_envs=4, vectorization_mode="vector_entry_point",
+        ...                     seq_len=2048, chunk_size=64)
+        >>> obs, info = envs.reset(seed=0)
+        >>> obs["wm_occupied"].shape, envs.action_space.shape, envs.metadata["autoreset_mode"].name
+        ((4, 8), (4, 5), 'SAME_STEP')
+        >>> obs, reward, terminated, truncated, info = envs.step(envs.action_space.sample())
+        >>> reward.shape, info["memory"]["writes"].shape
+        ((4,), (4,))
+    """
+
+    metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 30, "autoreset_mode": AutoresetMode.SAME_STEP}
+
+    def __init__(self, num_envs: int = 1, task: str = "passkey", seq_len: int = 100_000, chunk_size: int = 256,
+                 wm_slots: int = 8, ltm_capacity: int = 512, ltm_codec: str | None = None,
+                 integration: str | None = None, backbone: AHMModel | str | Path | None = None,
+                 reward_weights: RewardWeights | Mapping[str, float] | None = None,
+                 extra_reward_terms: Sequence[RewardTerm] = (), task_kwargs: Mapping[str, Any] | None = None,
+                 max_steps: int | None = None, feature_cache_size: int = 1, render_mode: str | None = None) -> None:
+        if not isinstance(num_envs, int) or num_envs < 1:
+            raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
+        self.config = AHMMemoryConfig(task, seq_len, chunk_size, wm_slots, ltm_capacity, ltm_codec, integration,
+                                      backbone, reward_weights, tuple(extra_reward_terms), dict(task_kwargs or {}),
+                                      max_steps, feature_cache_size)
+        self.num_envs = num_envs
+        self.render_mode = render_mode
+        self._episodes = EpisodeBatch(self.config, batch=num_envs, record=render_mode == "rgb_array")
+        nvec = self._episodes.nvec
+        self.single_observation_space = self._episodes.observation_space
+        self.single_action_space = MemoryOpsSpace(nvec)
+        self.observation_space = batch_space(self.single_observation_space, num_envs)
+        self.action_space = MemoryOpsSpace(np.tile(nvec, (num_envs, 1)))
+        self._rngs: list[np.random.Generator | None] = [None] * num_envs
+        self._started = False
+
+    @property
+    def episodes(self) -> EpisodeBatch:
+        """The batched episode machinery (streams, memory, model)."""
+        return self._episodes
+
+    def reset(self, *, seed: int | Sequence[int | None] | None = None,
+              options: dict[str, Any] | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Reset every sub-env: sub-env i is seeded ``seed + i`` (or ``seed[i]``); None keeps its generator.
+
+        ``options={"stream_seeds": [s_0, ...]}`` picks the streams directly.
+        """
+        n = self.num_envs
+        if seed is None or isinstance(seed, int):
+            super().reset(seed=seed)
+            seeds: list[int | None] = [None if seed is None else seed + i for i in range(n)]
+        else:
+            seeds = list(seed)
+            if len(seeds) != n:
+                raise ValueError(f"reset: {len(seeds)} seeds for {n} sub-environments")
+        for i, s in enumerate(seeds):
+            if s is not None or self._rngs[i] is None:
+                self._rngs[i], _ = seeding.np_random(s)
+        stream_seeds = (options or {}).get("stream_seeds")
+        if stream_seeds is None:
+            stream_seeds = [draw_stream_seed(rng) for rng in self._rngs]
+        elif len(stream_seeds) != n:
+            raise ValueError(f"reset: options['stream_seeds'] has {len(stream_seeds)} seeds for {n} sub-environments")
+        episodes = self._episodes
+        episodes.reset_rows(np.arange(n), [int(s) for s in stream_seeds])
+        obs = episodes.observe()
+        self._started = True
+        return {k: v.copy() for k, v in obs.items()}, _masked(episodes.info(), np.ones(n, dtype=bool))
+
+    def step_arrays(self, actions: Any) -> VectorStep:
+        """One step with SAME_STEP autoreset, infos as plain nested arrays (what :meth:`step` and the adapter use)."""
+        if not self._started:
+            raise RuntimeError("AHMMemoryVectorEnv: call reset() before step()")
+        episodes = self._episodes
+        out = episodes.step(actions)
+        done = out.terminated | out.truncated
+        obs, info, final_obs, final_info = out.observation, out.info, None, None
+        if done.any():
+            rows = np.nonzero(done)[0]
+            final_obs, final_info = {k: v.copy() for k, v in obs.items()}, info
+            episodes.reset_rows(rows, [draw_stream_seed(self._rngs[r]) for r in rows.tolist()])
+            obs = episodes.observe()
+            info = _replace_rows(info, episodes.info(), rows)
+        return VectorStep({k: v.copy() for k, v in obs.items()}, out.reward.copy(), out.terminated, out.truncated,
+                          info, ~done, final_obs, final_info)
+
+    def step(self, actions: Any) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        s = self.step_arrays(actions)
+        everywhere = np.ones(self.num_envs, dtype=bool)
+        info = _masked({k: v for k, v in s.info.items() if k != "is_success"}, everywhere)
+        if s.info_present.any():  # sub-envs that reset this step carry their reset info, which has no is_success
+            info["is_success"], info["_is_success"] = s.info["is_success"], s.info_present.copy()
+        if s.final_observation is not None:
+            done = ~s.info_present
+            final_obs = np.full(self.num_envs, None, dtype=object)
+            for r in np.nonzero(done)[0].tolist():
+                final_obs[r] = {k: v[r].copy() for k, v in s.final_observation.items()}
+            info["final_obs"], info["_final_obs"] = final_obs, done.copy()
+            info["final_info"] = _masked(_only_rows(s.final_info, done), done)
+            info["_final_info"] = done.copy()
+        return s.observation, s.reward, s.terminated, s.truncated, info
+
+    def action_masks(self) -> np.ndarray:
+        """(num_envs, 2 K + 11) bool: each sub-env's valid action values, per component concatenated."""
+        return self._episodes.masks.copy()
+
+    def render(self) -> tuple[Any, ...] | None:
+        """Each sub-env's frame (``ansi`` text or ``rgb_array`` image), as ``SyncVectorEnv`` returns them."""
+        if self.render_mode == "ansi":
+            return tuple(render_ansi(self._episodes.snapshot(i)) for i in range(self.num_envs))
+        if self.render_mode == "rgb_array":
+            return tuple(render_rgb(h, self.config.wm_slots) for h in self._episodes.history)
+        return None
+
+
+class SB3VecEnvAdapter(VecEnv):
+    """Stable-Baselines3's ``VecEnv`` over an :class:`AHMMemoryVectorEnv` (SB3 does not accept Gymnasium vector envs).
+
+    Observations pass through (a dict of (n, ...) arrays); ``dones = terminated | truncated``;
+    each ended sub-env's info is the final step's, with ``terminal_observation`` and
+    ``TimeLimit.truncated`` added, as SB3 expects. ``env_method("action_masks")``
+    returns each sub-env's mask, so sb3-contrib's ``MaskablePPO`` works.
+
+    Args:
+        env: the vector env.
+        info_keys: keys of each step's info to pass on (None: all). Building n Python
+            dicts per step costs about a microsecond per key and sub-env, so training
+            loops that log few keys pass e.g. ``("is_success", "reward_terms")``.
+
+    Example::
+
+        >>> import gymnasium as gym
+        >>> import ahm
+        >>> from ahm.envs import SB3VecEnvAdapter
+        >>> venv = SB3VecEnvAdapter(gym.make_vec("AHMMemory-v0", num_envs=2, vectorization_mode="vector_entry_point",
+        ...                                      seq_len=2048, chunk_size=64))
+        >>> obs = venv.reset()
+        >>> obs["progress"].shape, len(venv.env_method("action_masks")), venv.env_method("action_masks")[0].shape
+        ((2, 1), 2, (27,))
+    """
+
+    def __init__(self, env: AHMMemoryVectorEnv, info_keys: Iterable[str] | None = None) -> None:
+        if not isinstance(env, AHMMemoryVectorEnv):
+            raise ValueError(f"SB3VecEnvAdapter wraps an AHMMemoryVectorEnv, got {type(env).__name__} "
+                             "(use gymnasium.make_vec(..., vectorization_mode='vector_entry_point'))")
+        self.env = env
+        self.info_keys = None if info_keys is None else tuple(info_keys)
+        self._actions: np.ndarray | None = None
+        super().__init__(env.num_envs, env.single_observation_space, env.single_action_space)
+
+    def _select(self, info: dict[str, Any]) -> dict[str, Any]:
+        return info if self.info_keys is None else {k: v for k, v in info.items() if k in self.info_keys}
+
+    def reset(self) -> VecEnvObs:
+        seeds = None if all(s is None for s in self._seeds) else list(self._seeds)
+        options = self._options[0] if self._options and self._options[0] else None
+        obs, info = self.env.reset(seed=seeds, options=options)
+        plain = {k: v for k, v in info.items() if not k.startswith("_")}
+        self.reset_infos = _rows_of(self._select({k: _strip(v) for k, v in plain.items()}), self.num_envs)
+        self._reset_seeds()
+        self._reset_options()
+        return obs
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self._actions = actions
+
+    def step_wait(self) -> VecEnvStepReturn:
+        s = self.env.step_arrays(self._actions)
+        done = s.terminated | s.truncated
+        infos = _rows_of(self._select({k: v for k, v in s.info.items() if k != "is_success"}), self.num_envs)
+        if s.final_info is not None:
+            ended = np.nonzero(done)[0]
+            finals = _rows_of(self._select(s.final_info), self.num_envs)
+            for r in ended.tolist():
+                infos[r] = finals[r]
+                infos[r]["terminal_observation"] = {k: v[r].copy() for k, v in s.final_observation.items()}
+                infos[r]["TimeLimit.truncated"] = bool(s.truncated[r] and not s.terminated[r])
+        if self.info_keys is None or "is_success" in self.info_keys:
+            for r in np.nonzero(s.info_present)[0].tolist():
+                infos[r]["is_success"] = bool(s.info["is_success"][r])
+        return s.observation, s.reward.astype(np.float32), done, infos
+
+    def close(self) -> None:
+        self.env.close()
+
+    def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
+        if attr_name == "render_mode":
+            return [self.env.render_mode for _ in self._get_indices(indices)]
+        value = getattr(self.env, attr_name)
+        return [value for _ in self._get_indices(indices)]
+
+    def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
+        raise AttributeError(f"SB3VecEnvAdapter: sub-environments share one batched env; cannot set {attr_name!r} "
+                             "per sub-environment")
+
+    def env_method(self, method_name: str, *method_args: Any, indices: VecEnvIndices = None,
+                   **method_kwargs: Any) -> list[Any]:
+        idx = list(self._get_indices(indices))
+        if method_name == "action_masks":
+            masks = self.env.action_masks()
+            return [masks[i] for i in idx]
+        result = getattr(self.env, method_name)(*method_args, **method_kwargs)
+        return [result for _ in idx]
+
+    def env_is_wrapped(self, wrapper_class: type, indices: VecEnvIndices = None) -> list[bool]:
+        return [False for _ in self._get_indices(indices)]
+
+    def has_attr(self, attr_name: str) -> bool:
+        return hasattr(self.env, attr_name)
+
+    def get_images(self) -> Sequence[np.ndarray | None]:
+        frames = self.env.render()
+        return list(frames) if frames is not None else [None] * self.num_envs
+
+
+def _strip(value: Any) -> Any:
+    """A masked info tree without its ``_key`` masks."""
+    if isinstance(value, dict):
+        return {k: _strip(v) for k, v in value.items() if not k.startswith("_")}
+    return value
