@@ -11,3 +11,43 @@ Subpackages (ARCHITECTURE.md, "Layout"); dependencies point one way:
 """
 
 __version__ = "0.1.0"
+
+
+# ---------------------------------------------------------------- registration of the AHMMemory-* Gymnasium ids
+# `import ahm` registers them, and gymnasium.make("ahm:AHMMemory-v0") works without importing ahm first. `import
+# ahm` must not import gymnasium itself (ahm.backbone knows nothing of RL: tests/test_ahm_model.py), so the ids are
+# registered now if gymnasium is already loaded, else right after its first import (a one-shot import hook).
+import importlib.abc as _abc  # noqa: E402
+import importlib.util as _util  # noqa: E402
+import sys as _sys  # noqa: E402
+
+
+def _register_envs() -> None:
+    from .envs.registry import register_envs
+
+    register_envs()
+
+
+class _RegisterAfterGymnasiumImport(_abc.MetaPathFinder):
+    """Finds ``gymnasium`` with the other finders and registers the ids once its module has executed."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "gymnasium":
+            return None
+        _sys.meta_path.remove(self)
+        spec = _util.find_spec(name)
+        if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):
+            exec_module = spec.loader.exec_module
+
+            def exec_and_register(module):
+                exec_module(module)
+                _register_envs()
+
+            spec.loader.exec_module = exec_and_register
+        return spec
+
+
+if "gymnasium" in _sys.modules:
+    _register_envs()
+elif not any(isinstance(f, _RegisterAfterGymnasiumImport) for f in _sys.meta_path):
+    _sys.meta_path.insert(0, _RegisterAfterGymnasiumImport())

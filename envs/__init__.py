@@ -4,5 +4,47 @@ Owns (ARCHITECTURE.md): task streams (passkey, associative recall / MQAR,
 selective copying, forgetting, text), ``AHMMemoryEnv`` and its native vector
 env, and the registration of ``AHMMemory-v0`` and its variants. Depends on
 :mod:`ahm.backbone` and :mod:`ahm.rewards`; nothing below it knows about
-Gymnasium. Filled by the environment-suite issue.
+Gymnasium.
+
+* :mod:`ahm.envs.streams` - ``TaskStream``, ``Fact``, ``Query``, ``TASKS`` (the task families).
+* :mod:`ahm.envs.memory_env` - ``AHMMemoryEnv`` (one step = one chunk) and ``EpisodeBatch``.
+* :mod:`ahm.envs.vector_env` - ``AHMMemoryVectorEnv`` (native, batched) and ``SB3VecEnvAdapter``.
+* :mod:`ahm.envs.registry` - ``ENV_SPECS``, the one dict behind registration, tests and docs.
+
+Importing this package registers the ids (:func:`register_envs`) but loads torch,
+the streams and the environments only when one of their names is first used.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .registry import ENV_SPECS, env_list_markdown, register_envs
+
+register_envs()
+
+_LAZY = {
+    "TASKS": "ahm.envs.streams", "TaskStream": "ahm.envs.streams", "Fact": "ahm.envs.streams",
+    "Query": "ahm.envs.streams", "FACT_KINDS": "ahm.envs.streams", "make_task": "ahm.envs.streams",
+    "AHMMemoryEnv": "ahm.envs.memory_env", "AHMMemoryConfig": "ahm.envs.memory_env",
+    "EpisodeBatch": "ahm.envs.memory_env", "ACTION_COMPONENTS": "ahm.envs.memory_env",
+    "OBSERVATION_KEYS": "ahm.envs.memory_env", "DEFAULT_BACKBONE": "ahm.envs.memory_env",
+    "random_backbone": "ahm.envs.memory_env", "save_ahm_checkpoint": "ahm.envs.memory_env",
+    "load_ahm_checkpoint": "ahm.envs.memory_env",
+    "AHMMemoryVectorEnv": "ahm.envs.vector_env", "SB3VecEnvAdapter": "ahm.envs.vector_env",
+}
+
+__all__ = ["ENV_SPECS", "env_list_markdown", "register_envs", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:  # PEP 562: heavy modules load on first use
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
