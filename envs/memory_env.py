@@ -265,6 +265,7 @@ class AHMMemoryConfig:
     task_kwargs: Mapping[str, Any] = field(default_factory=dict)
     max_steps: int | None = None
     feature_cache_size: int = 1
+    stream_seeds: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         for name in ("seq_len", "chunk_size", "wm_slots", "ltm_capacity"):
@@ -278,6 +279,21 @@ class AHMMemoryConfig:
         if not isinstance(self.task_kwargs, Mapping):
             raise ValueError(f"task_kwargs must be a mapping, got {type(self.task_kwargs).__name__}")
         object.__setattr__(self, "extra_reward_terms", tuple(self.extra_reward_terms))
+        if self.stream_seeds is not None:
+            seeds = tuple(int(s) for s in self.stream_seeds)
+            if not seeds or min(seeds) < 0:
+                raise ValueError(f"stream_seeds must be None or a non-empty sequence of ints >= 0, got "
+                                 f"{self.stream_seeds!r}")
+            object.__setattr__(self, "stream_seeds", seeds)
+
+    def draw_stream_seed(self, rng: np.random.Generator) -> int:
+        """The stream seed of a new episode, from the env's ``np_random`` (so ``reset(seed=s)`` fixes it):
+        uniform over ``stream_seeds`` if given, else any seed in [0, 2**63 - 1)."""
+        if self.stream_seeds is not None:
+            return self.stream_seeds[int(rng.integers(len(self.stream_seeds)))]
+        return int(rng.integers(0, 2**63 - 1))
+
+
 
 
 # ====================================================================== the episode machinery
@@ -441,14 +457,18 @@ class EpisodeBatch:
                 missing.append(i)
             out.append(hit)
         if missing:
-            streams = [make_task(c.task, c.seq_len, c.chunk_size, int(seeds[i]), **dict(c.task_kwargs))
-                       for i in missing]
+            unique = list(dict.fromkeys(int(seeds[i]) for i in missing))  # rows may share a stream seed
+            streams = [make_task(c.task, c.seq_len, c.chunk_size, seed, **dict(c.task_kwargs)) for seed in unique]
             features = self._compute_features(streams) if self.integration == "readout" else [None] * len(streams)
-            for i, stream, feats in zip(missing, streams, features):
-                out[i] = _Episode(stream, _annotate(stream), feats)
-                if c.feature_cache_size and feats is not None:
-                    self._cache[int(seeds[i])] = out[i]
-                    while len(self._cache) > c.feature_cache_size * self.batch:
+            built = {seed: _Episode(stream, _annotate(stream), feats)
+                     for seed, stream, feats in zip(unique, streams, features)}
+            for i in missing:
+                out[i] = built[int(seeds[i])]
+            capacity = c.feature_cache_size * self.batch + len(c.stream_seeds or ())
+            for seed, episode in built.items():
+                if capacity and episode.features is not None:
+                    self._cache[seed] = episode
+                    while len(self._cache) > capacity:
                         self._cache.popitem(last=False)
         return out  # type: ignore[return-value]
 
@@ -459,12 +479,12 @@ class EpisodeBatch:
         tokens = torch.from_numpy(np.stack([s.tokens(0, c.seq_len) for s in streams])).to(self.device)  # (r, L)
         rows = []
         state = None
-        with _keep_torch_threads():
-            for start in range(0, c.seq_len, c.chunk_size):
+        for start in range(0, c.seq_len, c.chunk_size):
+            with _keep_torch_threads():  # per call: the next chunk's torch ops must not run on the reset count
                 feats, state = model.chunk_features(tokens[:, start : start + c.chunk_size], state)
-                rows.append(self._pack(feats.boundary, feats.hidden[:, -1]))
+            rows.append(self._pack(feats.boundary, feats.hidden[:, -1]))
         packed = torch.stack(rows, dim=1)  # (r, n, W)
-        return list(packed.unbind(0))
+        return [p.clone() for p in packed.unbind(0)]  # separate storage: the cache may keep some rows only
 
     @staticmethod
     def _pack(boundary: BoundaryFeatures, last_hidden: Tensor) -> Tensor:
@@ -656,10 +676,10 @@ class EpisodeBatch:
         self._answered += scored
         self._correct += correct
 
+        nbytes = self.memory.nbytes().cpu().numpy()
         ctx = StepContext(scored=scored, correct=correct, loss=loss, loss_without_retrieval=loss0, entropy=entropy,
                           entropy_without_retrieval=entropy0, fact_read_weight=fact_weight, n_targets=self._n_targets,
-                          n_ops=counts.sum(1), memory_bytes=self.memory.nbytes().cpu().numpy(),
-                          episode_steps=self._episode_steps())
+                          n_ops=counts.sum(1), memory_bytes=nbytes, episode_steps=self._episode_steps())
         rewards = self.reward_fn(ctx)
 
         if self.record:
@@ -675,7 +695,7 @@ class EpisodeBatch:
             if len(go):
                 self._run_backbone(go, retrieved[torch.from_numpy(go).to(self.device)])
         observation = self.observe()
-        info = self.info(rewards.weighted, rewards.raw, scored, correct)
+        info = self.info(rewards.weighted, rewards.raw, scored, correct, nbytes)
         info["is_success"] = self._correct == self._n_targets
         return StepResult(observation, rewards.total, terminated, truncated, info)
 
@@ -711,7 +731,8 @@ class EpisodeBatch:
 
     # ---------------------------------------------------------------- info
     def info(self, weighted: dict[str, np.ndarray] | None = None, raw: dict[str, np.ndarray] | None = None,
-             scored: np.ndarray | None = None, correct: np.ndarray | None = None) -> dict[str, Any]:
+             scored: np.ndarray | None = None, correct: np.ndarray | None = None,
+             memory_bytes: np.ndarray | None = None) -> dict[str, Any]:
         """Nested dict of (b, ...) arrays describing every row now (after a step, or after a reset if no args)."""
         rows, t = self._rows, self.t
         weighted = weighted if weighted is not None else self._terms_zero
@@ -719,7 +740,8 @@ class EpisodeBatch:
         false = np.zeros(self.batch, dtype=bool)
         counts = self._op_counts
         memory = {name: counts[:, j].copy() for j, name in enumerate(OP_COUNTERS)}
-        memory.update(bytes=self.memory.nbytes().cpu().numpy(), wm_entries=self._wm_occupied.sum(1),
+        nbytes = memory_bytes if memory_bytes is not None else self.memory.nbytes().cpu().numpy()
+        memory.update(bytes=nbytes.copy(), wm_entries=self._wm_occupied.sum(1),
                       ltm_entries=self.memory.ltm.count.cpu().numpy().copy())
         return {
             "chunk": t.copy(),
@@ -787,11 +809,6 @@ def _zero_rows(state: MambaState, which: Tensor) -> MambaState:
     keep = (~which).to(state.layers[0].ssm.dtype)
     return MambaState(tuple(LayerState(s.conv * keep.to(s.conv.dtype)[:, None, None], s.ssm * keep[:, None, None])
                             for s in state.layers))
-
-
-def draw_stream_seed(rng: np.random.Generator) -> int:
-    """The stream seed of a new episode, drawn from the env's ``np_random`` (so ``reset(seed=s)`` fixes it)."""
-    return int(rng.integers(0, 2**63 - 1))
 
 
 def row_info(info: dict[str, Any], row: int) -> dict[str, Any]:
@@ -885,7 +902,8 @@ class AHMMemoryEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     ## Starting State
 
     Empty memory; the backbone has read chunk 0. The stream's seed is drawn from
-    ``np_random`` (``reset(seed=s)`` fixes it), or given as ``options={"stream_seed": s}``.
+    ``np_random`` (``reset(seed=s)`` fixes it; from ``stream_seeds`` if given), or given as
+    ``options={"stream_seed": s}``.
 
     ## Episode End
 
@@ -913,6 +931,9 @@ class AHMMemoryEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     * ``max_steps`` (None): truncate after this many steps.
     * ``feature_cache_size`` (1): episodes whose cached features are kept (per environment), keyed by stream
       seed, so resetting with the same seed skips the backbone.
+    * ``stream_seeds`` (None): draw every episode's stream from this fixed set of stream seeds (a training or
+      evaluation set); their features are cached after first use, so later episodes skip the backbone. None:
+      a fresh stream every episode (a backbone pass per reset).
     * ``render_mode`` (None): ``"ansi"`` (text view of memory) or ``"rgb_array"`` (slots, ages and reads over time).
 
     ## Info
@@ -928,8 +949,9 @@ class AHMMemoryEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
 
     On a CPU, run the process with ``torch.set_num_threads(1)``: memory operations are
     tiny tensor ops, and a second thread makes them 10-50x slower. The env keeps the
-    caller's thread count across backbone calls. The cost of a reset is one backbone
-    pass over the stream (``benchmarks/env_throughput.py`` reports both).
+    caller's thread count across backbone calls. A reset with a new stream costs one
+    backbone pass over it, usually more than the episode's steps: reuse streams with
+    ``stream_seeds`` (``benchmarks/env_throughput.py`` reports both costs).
 
     ## Version History
 
@@ -964,12 +986,13 @@ class AHMMemoryEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
                  backbone: AHMModel | str | Path | None = None,
                  reward_weights: RewardWeights | Mapping[str, float] | None = None,
                  extra_reward_terms: Sequence[RewardTerm] = (), task_kwargs: Mapping[str, Any] | None = None,
-                 max_steps: int | None = None, feature_cache_size: int = 1, render_mode: str | None = None) -> None:
+                 max_steps: int | None = None, feature_cache_size: int = 1, stream_seeds: Sequence[int] | None = None,
+                 render_mode: str | None = None) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
         self.config = AHMMemoryConfig(task, seq_len, chunk_size, wm_slots, ltm_capacity, ltm_codec, integration,
                                       backbone, reward_weights, tuple(extra_reward_terms), dict(task_kwargs or {}),
-                                      max_steps, feature_cache_size)
+                                      max_steps, feature_cache_size, stream_seeds)
         self.render_mode = render_mode
         self._episodes = EpisodeBatch(self.config, batch=1, record=render_mode == "rgb_array")
         self.observation_space = self._episodes.observation_space
@@ -991,7 +1014,7 @@ class AHMMemoryEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         super().reset(seed=seed)
         options = options or {}
         stream_seed = options.get("stream_seed")
-        stream_seed = draw_stream_seed(self.np_random) if stream_seed is None else int(stream_seed)
+        stream_seed = self.config.draw_stream_seed(self.np_random) if stream_seed is None else int(stream_seed)
         episodes = self._episodes
         episodes.reset_rows(np.zeros(1, dtype=np.int64), [stream_seed])
         obs = episodes.observe()

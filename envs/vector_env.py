@@ -35,7 +35,7 @@ from gymnasium.vector.utils import batch_space
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvObs, VecEnvStepReturn
 
 from ahm.backbone import AHMModel
-from ahm.envs.memory_env import AHMMemoryConfig, EpisodeBatch, MemoryOpsSpace, draw_stream_seed
+from ahm.envs.memory_env import AHMMemoryConfig, EpisodeBatch, MemoryOpsSpace
 from ahm.envs.render import render_ansi, render_rgb
 from ahm.rewards import RewardTerm, RewardWeights
 
@@ -140,14 +140,15 @@ class AHMMemoryVectorEnv(VectorEnv):
                  integration: str | None = None, backbone: AHMModel | str | Path | None = None,
                  reward_weights: RewardWeights | Mapping[str, float] | None = None,
                  extra_reward_terms: Sequence[RewardTerm] = (), task_kwargs: Mapping[str, Any] | None = None,
-                 max_steps: int | None = None, feature_cache_size: int = 1, render_mode: str | None = None) -> None:
+                 max_steps: int | None = None, feature_cache_size: int = 1, stream_seeds: Sequence[int] | None = None,
+                 render_mode: str | None = None) -> None:
         if not isinstance(num_envs, int) or num_envs < 1:
             raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
         self.config = AHMMemoryConfig(task, seq_len, chunk_size, wm_slots, ltm_capacity, ltm_codec, integration,
                                       backbone, reward_weights, tuple(extra_reward_terms), dict(task_kwargs or {}),
-                                      max_steps, feature_cache_size)
+                                      max_steps, feature_cache_size, stream_seeds)
         self.num_envs = num_envs
         self.render_mode = render_mode
         self._episodes = EpisodeBatch(self.config, batch=num_envs, record=render_mode == "rgb_array")
@@ -183,7 +184,7 @@ class AHMMemoryVectorEnv(VectorEnv):
                 self._rngs[i], _ = seeding.np_random(s)
         stream_seeds = (options or {}).get("stream_seeds")
         if stream_seeds is None:
-            stream_seeds = [draw_stream_seed(rng) for rng in self._rngs]
+            stream_seeds = [self.config.draw_stream_seed(rng) for rng in self._rngs]
         elif len(stream_seeds) != n:
             raise ValueError(f"reset: options['stream_seeds'] has {len(stream_seeds)} seeds for {n} sub-environments")
         episodes = self._episodes
@@ -203,7 +204,7 @@ class AHMMemoryVectorEnv(VectorEnv):
         if done.any():
             rows = np.nonzero(done)[0]
             final_obs, final_info = {k: v.copy() for k, v in obs.items()}, info
-            episodes.reset_rows(rows, [draw_stream_seed(self._rngs[r]) for r in rows.tolist()])
+            episodes.reset_rows(rows, [self.config.draw_stream_seed(self._rngs[r]) for r in rows.tolist()])
             obs = episodes.observe()
             info = _replace_rows(info, episodes.info(), rows)
         return VectorStep({k: v.copy() for k, v in obs.items()}, out.reward.copy(), out.terminated, out.truncated,

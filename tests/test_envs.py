@@ -271,6 +271,25 @@ def test_feature_cache_reuses_features_and_changes_nothing():
     assert data_equivalence(first, rollout(fresh, seed=3, steps=10), exact=True)
 
 
+def test_stream_seeds_draw_from_a_fixed_set_and_build_each_stream_once():
+    pool = [11, 22, 33]
+    envs = gymnasium.make_vec("AHMMemory-v0", num_envs=4, vectorization_mode="vector_entry_point",
+                              **ENV_SPECS["AHMMemory-v0"].test_kwargs, stream_seeds=pool, max_steps=3)
+    batch = envs.unwrapped.episodes
+    built = []
+    original = batch._compute_features
+    batch._compute_features = lambda streams: built.extend(s.seed for s in streams) or original(streams)
+    _, info = envs.reset(seed=0)
+    seen = set(info["ground_truth"]["stream_seed"].tolist())
+    for _ in range(12):
+        _, _, _, _, info = envs.step(envs.action_space.sample())
+        seen |= set(info["ground_truth"]["stream_seed"].tolist())
+    assert seen <= set(pool) and len(seen) > 1
+    assert sorted(built) == sorted(seen)  # one backbone pass per distinct stream, shared by sub-envs
+    with pytest.raises(ValueError, match="stream_seeds must be None or a non-empty sequence"):
+        make("AHMMemory-v0", stream_seeds=[])
+
+
 def test_render_modes():
     env = make("AHMMemory-v0", render_mode="rgb_array")
     rollout(env, seed=0, steps=6)
