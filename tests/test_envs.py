@@ -61,13 +61,13 @@ class TestRegisteredEnvs(EnvContract):
 
 
 # ---------------------------------------------------------------- the vector env
-@pytest.mark.parametrize("env_id", IDS)
-def test_vector_env_equals_the_single_env_step_for_step(env_id):
+@pytest.mark.parametrize("env_id, integration", [(i, "readout") for i in IDS] + [("AHMMemory-MQAR-v0", "state")])
+def test_vector_env_equals_the_single_env_step_for_step(env_id, integration):
     """Native vector env against SyncVectorEnv(SAME_STEP) of single envs, same seeds, through autoresets.
 
     Equal up to float rounding: batched einsums over 3 memories round differently from 3 single ones (~3e-8);
     integers, booleans, masks and every discrete decision are exactly equal."""
-    n, kwargs = 3, {**ENV_SPECS[env_id].test_kwargs, "max_steps": 9}
+    n, kwargs = 3, {**ENV_SPECS[env_id].test_kwargs, "max_steps": 9, "integration": integration}
     native = gymnasium.make_vec(env_id, num_envs=n, vectorization_mode="vector_entry_point", **kwargs)
     assert isinstance(native.unwrapped, AHMMemoryVectorEnv)
     reference = SyncVectorEnv([lambda: gymnasium.make(env_id, **kwargs) for _ in range(n)],
