@@ -21,7 +21,7 @@ are cached, so memory grows with n_chunks only: about 0.6 KB per chunk).
 Run with one torch thread (as the env's docstring advises; tiny tensor ops are
 10-50x slower with two on a loaded 2-core machine)::
 
-    python benchmarks/env_throughput.py                       # 100K tokens, 64 sub-envs, 64K and 1M memory
+    python benchmarks/env_throughput.py                       # 100K tokens, 64 sub-envs; memory at 4K, 64K, 1M
     python benchmarks/env_throughput.py --seq-len 16384 --steps 2000 --memory-lengths 65536
 """
 
@@ -99,6 +99,19 @@ def bench(seq_len: int, steps: int, num_envs: int, kind: str) -> dict[str, float
             "resets": resets}
 
 
+def own_peak_rss_mib() -> float:
+    """This process's peak RSS (MiB): VmHWM on Linux, which restarts at exec. ``ru_maxrss`` would not do here: a
+    child started from a large parent keeps the parent's peak across fork and exec."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return peak_rss_mib()
+
+
 def episode_memory(seq_len: int) -> dict[str, float]:
     """One whole episode at seq_len tokens (run in a fresh process by the caller)."""
     import gymnasium
@@ -117,7 +130,7 @@ def episode_memory(seq_len: int) -> dict[str, float]:
         if terminated or truncated:
             break
     return {"seq_len": seq_len, "steps": n, "build_s": build, "episode_s": time.perf_counter() - start,
-            "peak_rss_mib": peak_rss_mib()}
+            "peak_rss_mib": own_peak_rss_mib()}
 
 
 def main() -> None:
@@ -125,7 +138,7 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=100_000, help="tokens per episode for the steps/s rows")
     parser.add_argument("--steps", type=int, default=2000, help="single-env steps (x16 sub-env steps for vector)")
     parser.add_argument("--num-envs", type=int, default=64, help="sub-envs of the vector rows")
-    parser.add_argument("--memory-lengths", default="65536,1000000", help="comma-separated episode lengths")
+    parser.add_argument("--memory-lengths", default="4096,65536,1000000", help="comma-separated episode lengths")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is what the env advises on CPU)")
     parser.add_argument("--episode-memory", type=int, default=0, help=argparse.SUPPRESS)  # the subprocess
     args = parser.parse_args()
