@@ -44,16 +44,21 @@ single-step call on a loaded 2-core machine, tests/benchmarks token-by-token).""
 
 @contextlib.contextmanager
 def _threads_for(work: int) -> Iterator[int]:
-    """Run the enclosed kernel calls on one thread if ``work`` is small; yields the thread count."""
-    if work >= PARALLEL_MIN_WORK:
-        yield numba.get_num_threads()
-        return
+    """Run the enclosed kernel calls on one thread if ``work`` is small; yields the thread count.
+
+    numba's OpenMP layer and torch share one OpenMP runtime, so setting numba's thread
+    count can change torch's: torch's count is restored on the way out.
+    """
+    torch_threads = torch.get_num_threads()
     previous = numba.get_num_threads()
-    numba.set_num_threads(1)
+    threads = previous if work >= PARALLEL_MIN_WORK else 1
+    numba.set_num_threads(threads)
     try:
-        yield 1
+        yield threads
     finally:
         numba.set_num_threads(previous)
+        if torch.get_num_threads() != torch_threads:
+            torch.set_num_threads(torch_threads)
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)

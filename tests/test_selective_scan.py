@@ -326,3 +326,16 @@ def test_auto_never_picks_mamba_ssm_with_an_initial_state(monkeypatch):
     assert scan_module.select_backend("cuda", initial_state=False) == "mamba_ssm"
     assert scan_module.select_backend("cuda", initial_state=True) == "triton"
     assert scan_module.select_backend("cpu") == "cpu"
+
+
+def test_cpu_backend_leaves_torch_thread_count_alone():
+    """numba and torch share OpenMP: a scan call must not change torch's thread count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for length in (3, 5000):  # one-thread and parallel paths
+            x = make_inputs(batch=1, dim=64, d_state=16, length=length, dtype=torch.float32)
+            selective_scan(**x, backend="cpu")
+            assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
