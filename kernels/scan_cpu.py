@@ -36,6 +36,11 @@ __all__ = ["cpu_scan", "CHECKPOINT_EVERY"]
 CHECKPOINT_EVERY = 64
 """Steps between saved states for the backward pass (memory l / 64 x the state)."""
 
+TIME_BLOCK = 2048
+"""Steps per time block of the forward: B and C rows of a block (2 x 2048 x n floats)
+stay in cache while every channel reads them (a 1M-step forward was 2x slower per
+step than a 64K one before blocking: benchmarks/scan_backends.py)."""
+
 PARALLEL_MIN_WORK = 1 << 18
 """Below this many state updates (b d l n) a call runs on one thread: waking the
 thread pool costs more than the work (measured: 16 ms against 0.4 ms per
@@ -62,29 +67,35 @@ def _threads_for(work: int) -> Iterator[int]:
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _forward_kernel(u, delta, A, Bt, Ct, h0, y, h_last, checkpoints, every):  # pragma: no cover - compiled
+def _forward_kernel(u, delta, A, Bt, Ct, h0, y, h_last, checkpoints, every, time_block):  # pragma: no cover
     batch, dim, length = u.shape
     groups = Bt.shape[1]
     d_state = A.shape[1]
     heads = dim // groups
     keep = checkpoints.shape[2] > 0
-    for job in prange(batch * dim):
-        b = job // dim
-        d = job % dim
-        g = d // heads
-        h = h0[b, d].copy()
-        a = A[d]
-        for t in range(length):
-            if keep and t % every == 0:
-                checkpoints[b, d, t // every] = h
-            dt = delta[b, d, t]
-            x = dt * u[b, d, t]
-            acc = 0.0
-            for k in range(d_state):
-                h[k] = math.exp(dt * a[k]) * h[k] + x * Bt[b, g, t, k]
-                acc += h[k] * Ct[b, g, t, k]
-            y[b, d, t] = acc
-        h_last[b, d] = h
+    h_all = h0.copy()  # (b, d, n): the state carried between time blocks
+    # Time blocks outside, channels inside: a block's B_t / C_t rows (time_block x n,
+    # shared by every channel of a group) stay in cache while all channels read them,
+    # instead of each channel streaming the whole (l, n) matrix from memory.
+    for s in range(0, length, time_block):
+        e = min(s + time_block, length)
+        for job in prange(batch * dim):
+            b = job // dim
+            d = job % dim
+            g = d // heads
+            h = h_all[b, d]
+            a = A[d]
+            for t in range(s, e):
+                if keep and t % every == 0:
+                    checkpoints[b, d, t // every] = h
+                dt = delta[b, d, t]
+                x = dt * u[b, d, t]
+                acc = 0.0
+                for k in range(d_state):
+                    h[k] = math.exp(dt * a[k]) * h[k] + x * Bt[b, g, t, k]
+                    acc += h[k] * Ct[b, g, t, k]
+                y[b, d, t] = acc
+    h_last[:] = h_all
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -164,7 +175,7 @@ def _forward(u, delta, A, B, C, h0, keep_checkpoints: bool):
     with _threads_for(batch * dim * length * d_state):
         _forward_kernel(
             _np(u), _np(delta), _np(A), Bt.numpy(), Ct.numpy(), _np(h0),
-            y.numpy(), h_last.numpy(), checkpoints.numpy(), CHECKPOINT_EVERY,
+            y.numpy(), h_last.numpy(), checkpoints.numpy(), CHECKPOINT_EVERY, TIME_BLOCK,
         )
     return y, h_last, checkpoints, Bt, Ct
 
