@@ -1,0 +1,20 @@
+"""The README's list of environment ids is the registry's, so the two cannot drift."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ahm.envs.registry import env_list_markdown
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_readme_lists_exactly_the_registered_envs():
+    text = README.read_text()
+    listed = text.split("<!-- envs:begin -->")[1].split("<!-- envs:end -->")[0].strip()
+    assert listed == env_list_markdown().strip()
+
+
+def test_readme_names_the_two_commands():
+    text = README.read_text()
+    assert "make run" in text and "make test" in text
