@@ -90,33 +90,64 @@ def streamed_peak(length: int, chunk: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="lengths up to 64K only")
+    parser.add_argument("--ref-max-length", type=int, default=65536,
+                        help="longest length at which ref is timed; beyond it ref's tokens/s at this length is used "
+                             "(its per-step cost does not depend on length: one loop iteration per step)")
+    parser.add_argument("--threads", type=int, default=0, help="torch and numba threads (0: defaults)")
+    parser.add_argument("--parts", default="forward,backward,batch,stream",
+                        help="comma-separated tables to print: forward, backward, batch, stream")
     parser.add_argument("--child", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(streamed_peak(args.child, 16384)))
         return
 
+    if args.threads:
+        import numba
+
+        torch.set_num_threads(args.threads)
+        numba.set_num_threads(args.threads)
     backends = [b for b in available_backends("cpu") if b != "triton"]  # triton: GPU script
     lengths = [1024, 16384, 65536] + ([] if args.quick else [1 << 20])
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; backends {backends}; "
           f"auto on CPU = {select_backend('cpu')}\n")
 
-    rows = []
-    for length in lengths:
-        tps = {b: forward_tps(b, 1, length) for b in backends}
-        rows.append([f"{length:,}"] + [f"{tps[b]:,.0f} ({tps[b] / tps['ref']:.1f}x)" for b in backends])
+    parts = set(args.parts.split(","))
+    rows, ref_tps = [], None
+    for length in lengths if "forward" in parts else []:
+        timed_here = [b for b in backends if b != "ref" or length <= args.ref_max_length]
+        tps = {b: forward_tps(b, 1, length) for b in timed_here}
+        ref_tps = tps.get("ref", ref_tps)
+        cells = [f"{tps[b]:,.0f} ({tps[b] / ref_tps:.1f}x)" if b in tps else f"({ref_tps:,.0f} at "
+                 f"{args.ref_max_length:,})" for b in backends]
+        rows.append([f"{length:,}"] + cells)
         print(f"  forward {length}: {tps}", file=sys.stderr, flush=True)
-    print("Forward, fp32, batch 1, dim 256, d_state 16: tokens/s (ratio to ref)")
-    print(markdown_table(["length"] + backends, rows) + "\n")
+    if rows:
+        print("Forward, fp32, batch 1, dim 256, d_state 16: tokens/s (ratio to ref; ref is timed up to "
+              f"{args.ref_max_length:,} steps)")
+        print(markdown_table(["length"] + backends, rows) + "\n")
+    if "backward" in parts:
+        backward_table(backends)
+    if "batch" in parts:
+        batch_table(backends)
+    if "stream" in parts:
+        stream_tables(args.quick)
 
+
+def backward_table(backends: list[str]) -> None:
     tps = {b: fwd_bwd_tps(b, 16384) for b in backends}
     print("Forward + backward, fp32, batch 1, length 16,384: tokens/s (ratio to ref)")
     print(markdown_table(backends, [[f"{tps[b]:,.0f} ({tps[b] / tps['ref']:.1f}x)" for b in backends]]) + "\n")
 
+
+def batch_table(backends: list[str]) -> None:
     tps = {b: forward_tps(b, 64, 4096) for b in backends}
     print("Forward, fp32, batch 64, length 4,096: tokens/s (ratio to ref)")
     print(markdown_table(backends, [[f"{tps[b]:,.0f} ({tps[b] / tps['ref']:.1f}x)" for b in backends]]) + "\n")
 
+
+
+def stream_tables(quick: bool) -> None:
     backend = select_backend("cpu")
     x = inputs(1, 65536)
     with torch.no_grad():
@@ -134,7 +165,7 @@ def main() -> None:
           f"4 chained chunks of 16,384 {streamed * 1e3:.0f} ms (ratio {streamed / one:.2f})\n")
 
     rows, base = [], None
-    for length in [16384, 65536, 262144] + ([] if args.quick else [1 << 20]):
+    for length in [16384, 65536, 262144] + ([] if quick else [1 << 20]):
         out = subprocess.run([sys.executable, __file__, "--child", str(length)], check=True,
                              capture_output=True, text=True).stdout.splitlines()[-1]
         r = json.loads(out)

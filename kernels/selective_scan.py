@@ -63,12 +63,15 @@ def _scan_core_ref(
     # Broadcast each group's B_t / C_t to its d // g channels: (b, g, n) -> (b, d, n).
     B = B.repeat_interleave(dim // groups, dim=1)  # (b, d, n, l)
     C = C.repeat_interleave(dim // groups, dim=1)  # (b, d, n, l)
+    # One view per step via unbind: its backward stacks the step gradients once,
+    # where indexing x[..., t] would allocate a full-size zero gradient per step.
+    us, deltas, Bs, Cs = (x.unbind(-1) for x in (u, delta, B, C))
     h = h0  # (b, d, n)
     ys = []
     for t in range(length):
-        dt = delta[:, :, t, None]  # (b, d, 1)
-        h = torch.exp(dt * A) * h + dt * B[:, :, :, t] * u[:, :, t, None]
-        ys.append((h * C[:, :, :, t]).sum(-1))  # (b, d)
+        dt = deltas[t][:, :, None]  # (b, d, 1)
+        h = torch.exp(dt * A) * h + dt * Bs[t] * us[t][:, :, None]
+        ys.append((h * Cs[t]).sum(-1))  # (b, d)
     return torch.stack(ys, dim=-1), h
 
 
