@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
 import torch
@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .codecs import CodecOptions, VectorCodec, make_codec
-from .config import MambaConfig
+from .config import MambaConfig, dataclass_from_dict
 from .long_term_memory import EVICTION_RULES, SEARCH_MODES, LongTermMemory, LTMConfig, LTMHits
 from .mamba import MambaBackbone, MambaState
 from .working_memory import READ_MODES, WorkingMemory
@@ -202,14 +202,7 @@ class MemoryConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MemoryConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"MemoryConfig: unknown fields {unknown}; known fields are {sorted(known)}")
-        data = dict(data)
-        if isinstance(data.get("ltm"), dict):
-            data["ltm"] = LTMConfig.from_dict(data["ltm"])
-        return cls(**data)
+        return dataclass_from_dict(cls, data)
 
 
 class MemoryReadout(NamedTuple):
@@ -448,16 +441,7 @@ class AHMConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AHMConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"AHMConfig: unknown fields {unknown}; known fields are {sorted(known)}")
-        data = dict(data)
-        if isinstance(data.get("backbone"), dict):
-            data["backbone"] = MambaConfig.from_dict(data["backbone"])
-        if isinstance(data.get("codec_options"), dict):
-            data["codec_options"] = CodecOptions.from_dict(data["codec_options"])
-        return cls(**data)
+        return dataclass_from_dict(cls, data)
 
 
 class BoundaryFeatures(NamedTuple):

@@ -35,7 +35,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, NamedTuple
 
 import torch
@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..kernels.retrieval import dequantize_int8, quantize_int8, topk_similarity, topk_similarity_int8
+from .config import dataclass_from_dict
 
 __all__ = [
     "CODECS",
@@ -155,11 +156,7 @@ class CodecOptions:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CodecOptions:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"CodecOptions: unknown fields {unknown}; known fields are {sorted(known)}")
-        return cls(**data)
+        return dataclass_from_dict(cls, data)
 
 
 def _merge_topk(best: tuple[Tensor, Tensor] | None, scores: Tensor, idx: Tensor, k: int) -> tuple[Tensor, Tensor]:

@@ -2,9 +2,34 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+import typing
+from dataclasses import asdict, dataclass
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def dataclass_from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """Build the config dataclass ``cls`` from a dict (e.g. a checkpoint's JSON).
+
+    Unknown keys are an error that lists the known ones; a field whose type is itself a
+    dataclass and whose value is a dict is built the same way, so nested configs round-trip
+    through :func:`dataclasses.asdict`.
+    """
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown fields {unknown}; known fields are {sorted(known)}")
+    hints = typing.get_type_hints(cls)
+    data = {
+        name: dataclass_from_dict(hints[name], value)
+        if isinstance(value, dict) and dataclasses.is_dataclass(hints.get(name))
+        else value
+        for name, value in data.items()
+    }
+    return cls(**data)
 
 
 @dataclass(frozen=True)
@@ -75,8 +100,4 @@ class MambaConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MambaConfig:
         """Build from a dict (e.g. a checkpoint's JSON); unknown keys are an error."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"MambaConfig: unknown fields {unknown}; known fields are {sorted(known)}")
-        return cls(**data)
+        return dataclass_from_dict(cls, data)

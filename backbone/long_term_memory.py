@@ -40,7 +40,7 @@ faiss index is a cache: it is not saved and is rebuilt from the codes on demand.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -48,6 +48,7 @@ import torch
 from torch import Tensor
 
 from .codecs import CodecOptions, VectorCodec, import_faiss, make_codec
+from .config import dataclass_from_dict
 
 __all__ = ["EVICTION_RULES", "SEARCH_MODES", "LTMConfig", "LTMHits", "LTMRead", "LTMWrite", "LongTermMemory"]
 
@@ -109,14 +110,7 @@ class LTMConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LTMConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"LTMConfig: unknown fields {unknown}; known fields are {sorted(known)}")
-        data = dict(data)
-        if isinstance(data.get("codec_options"), dict):
-            data["codec_options"] = CodecOptions.from_dict(data["codec_options"])
-        return cls(**data)
+        return dataclass_from_dict(cls, data)
 
 
 class LTMHits(NamedTuple):
