@@ -308,13 +308,14 @@ def write_csv(rows: Sequence[BenchmarkRow], path: str | Path) -> None:
 # ====================================================================== running
 def _instantiate(spec: str | Path | Controller, cache: dict[str, Controller]) -> Controller:
     """A heuristic fresh for every evaluation (so results do not depend on the order of evaluations); a checkpoint
-    loaded once; a given object as is."""
+    loaded once and named after its directory (two checkpoints of one algorithm would share its name); a given
+    object as is."""
     if isinstance(spec, str) and spec in HEURISTICS:
         return make_controller(spec)
     if isinstance(spec, (str, Path)):
         key = str(spec)
         if key not in cache:
-            cache[key] = make_controller(spec)
+            cache[key] = make_controller(spec, name=Path(spec).resolve().name)
         return cache[key]
     return as_controller(spec)
 

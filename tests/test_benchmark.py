@@ -278,3 +278,21 @@ def test_cli_writes_csv_and_markdown(tmp_path):
     markdown = (tmp_path / "benchmark.md").read_text()
     assert markdown.strip() == benchmark_table(rows)
     assert markdown.splitlines()[0].startswith("| task | length | controller | accuracy (95% CI)")
+
+
+def test_benchmark_loads_learned_checkpoints_by_path(tmp_path):
+    learned = pytest.importorskip("ahm.agents.learned")
+    from sb3_contrib import MaskablePPO
+
+    from ahm.envs import SB3VecEnvAdapter
+
+    env = SB3VecEnvAdapter(make_eval_env("AHMMemory-v0", num_envs=1, stream_seeds=(0,), **TINY))
+    model = MaskablePPO("MultiInputPolicy", env, n_steps=16, batch_size=16, seed=0, device="cpu")
+    path = learned.save_controller(tmp_path / "untrained_ppo", model)
+    config = BenchmarkConfig(tasks="AHMMemory-v0", lengths="1024", chunk_size=64, seeds=1, plots=False,
+                             controllers=[FunctionController(nothing, "no"), str(path)], out_dir=str(tmp_path / "out"))
+    rows = run_benchmark(config, log=None)
+    assert [r.controller for r in rows] == ["no", "untrained_ppo"]  # a checkpoint is named after its directory
+    direct = evaluate(learned.load_controller(path), "AHMMemory-v0", episodes=1, seed=0, **TINY)
+    assert rows[1].accuracy_mean == direct.accuracy
+    assert rows[1].ops_per_1k_tokens == pytest.approx(direct.ops_per_1k_tokens)
