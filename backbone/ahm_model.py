@@ -13,9 +13,10 @@ One chunk t of C tokens (:meth:`AHMModel.process_chunk`):
 2. **Readout.** logits (b, C, V) = ``lm_head(hidden + W_r r_{t-1})`` in ``readout``
    integration, ``lm_head(hidden)`` in ``state`` integration. ``W_r`` and ``W_s`` start
    at zero, so an untrained AHM model is exactly its backbone LM.
-3. **Boundary features** at the last position: ``h = hidden[:, -1]``; key =
-   normalize(W_k h), query = normalize(W_q h) (unit vectors: inner products are
-   cosines), value = W_v h; ``ssm_features`` (b, F) = [h, per layer the root mean
+3. **Boundary features**: ``h = hidden[:, -1]`` and ``p = sum_i a_i hidden[:, i]``, a learnt
+   attention pooling over the chunk's positions (``a = softmax(w . hidden)``, the mean at
+   init); key = normalize(W_k p), value = W_v p, query = normalize(W_q h) (unit vectors:
+   inner products are cosines); ``ssm_features`` (b, F) = [h, per layer the root mean
    square over the d_inner channels of the SSM state (b, N)].
 4. **Observation -> controller -> ops.** :class:`MemoryObservation` describes the
    memory *before* this chunk's operations; a controller (any callable
@@ -560,6 +561,8 @@ class AHMModel(nn.Module):
         self.key_proj = nn.Linear(d, dk, bias=False)
         self.query_proj = nn.Linear(d, dk, bias=False)
         self.value_proj = nn.Linear(d, dv, bias=False)
+        self.write_attention = nn.Linear(d, 1, bias=False)  # scores of the chunk's positions for the write
+        nn.init.zeros_(self.write_attention.weight)
         self.log_inv_temperature = nn.Parameter(torch.tensor(math.log(config.init_inv_temperature)))
         self.key_codec = make_codec(config.ltm_codec, dk, config.codec_options)
         self.value_codec = make_codec(config.ltm_codec, dv, config.codec_options)
@@ -583,16 +586,29 @@ class AHMModel(nn.Module):
         controller: compute it once per sequence and cache it.
         """
         hidden, state = self.backbone(tokens, backbone_state, input_offset)
-        return ChunkFeatures(hidden, self.boundary_features(hidden[:, -1], state)), state
+        return ChunkFeatures(hidden, self.boundary_features(hidden, state)), state
 
-    def boundary_features(self, last_hidden: Tensor, state: MambaState) -> BoundaryFeatures:
-        """last_hidden (b, D) and the backbone state after the chunk -> :class:`BoundaryFeatures`."""
+    def boundary_features(self, hidden: Tensor, state: MambaState) -> BoundaryFeatures:
+        """hidden (b, l, D) of a chunk and the backbone state after it -> :class:`BoundaryFeatures`.
+
+        The write candidate (key, value) is read from the chunk's hidden states by a learnt
+        attention over its positions, ``pooled = sum_i softmax_i(w . h_i) h_i`` (``write_attention``,
+        zero at init: the chunk's mean); the query and the state features come from the last
+        position. Why pooled: a fact's tokens end at the boundary, but the token to recall (a
+        passkey's first digit) lies a few positions before it, and a small SSM's last hidden state
+        keeps it only if trained to; with the last hidden state alone the answer path of a
+        passkey model stayed at chance for 300 training steps (training/supervised.py), since the
+        backbone learns to keep the token only through a memory path that is itself untrained.
+        """
+        last_hidden = hidden[:, -1]
         ssm = [layer.ssm.detach().float().pow(2).mean(1).sqrt() for layer in state.layers]  # L x (b, N)
         features = torch.cat([last_hidden.detach().float(), *ssm], dim=-1)  # (b, F)
+        weights = torch.softmax(self.write_attention(hidden).squeeze(-1).float(), dim=-1)  # (b, l)
+        pooled = torch.einsum("bl,bld->bd", weights.to(hidden.dtype), hidden)  # (b, D)
         return BoundaryFeatures(
             features,
-            F.normalize(self.key_proj(last_hidden), dim=-1),
-            self.value_proj(last_hidden),
+            F.normalize(self.key_proj(pooled), dim=-1),
+            self.value_proj(pooled),
             F.normalize(self.query_proj(last_hidden), dim=-1),
         )
 

@@ -75,7 +75,7 @@ from ahm.rewards import RewardFunction, RewardTerm, RewardWeights, StepContext
 
 __all__ = [
     "AHMMemoryEnv", "AHMMemoryConfig", "EpisodeBatch", "MemoryOpsSpace", "ACTION_COMPONENTS", "OBSERVATION_KEYS",
-    "DEFAULT_BACKBONE", "random_backbone", "save_ahm_checkpoint", "load_ahm_checkpoint",
+    "DEFAULT_BACKBONE", "random_backbone", "save_ahm_checkpoint", "load_ahm_checkpoint", "observation_arrays",
 ]
 
 ACTION_COMPONENTS = ("write_slot", "evict_to_ltm", "retrieve", "forget_slot", "ltm_forget")
@@ -102,7 +102,7 @@ class BackboneShape:
 
 
 DEFAULT_BACKBONE = BackboneShape()
-"""The default backbone until the train_lm issue ships a task-trained checkpoint: a small **random** model
+"""The backbone of tasks without a shipped checkpoint (and of ``backbone="random"``): a small **random** model
 (d_model 32, 2 layers, d_state 8, keys of 16, values of 32: F = 48 state features). Its answers are at chance
 level; it exists so the environment, its rewards and the controllers run end to end."""
 
@@ -180,10 +180,32 @@ def load_ahm_checkpoint(directory: str | Path, map_location: str = "cpu") -> tup
     return model.to(map_location).eval().requires_grad_(False), meta.get("extra", {})
 
 
+SHIPPED_BACKBONES = Path(__file__).parent / "checkpoints"
+"""Task-trained default backbones shipped with the package, one folder per task family (``<task>/``), each made
+by the ``train_lm.py`` command in its ``ahm_model.json`` (``extra.command``) and in the README."""
+
+
+def shipped_backbone_path(task: str) -> Path | None:
+    """The folder of the task-trained default backbone for ``task``, or None if the package ships none."""
+    path = SHIPPED_BACKBONES / task
+    return path if (path / _META).is_file() and (path / _WEIGHTS).is_file() else None
+
+
 def resolve_backbone(backbone: AHMModel | str | Path | None, vocab_size: int, ltm_codec: str | None,
-                     integration: str | None, calibration: TaskStream) -> AHMModel:
-    """The env's model from its ``backbone`` argument; checks it against the task and the memory arguments."""
+                     integration: str | None, calibration: TaskStream, task: str = "") -> AHMModel:
+    """The env's model from its ``backbone`` argument; checks it against the task and the memory arguments.
+
+    None: the task's shipped task-trained backbone (:func:`shipped_backbone_path`) when there is one and
+    ``ltm_codec`` / ``integration`` are None or equal its own; otherwise (or with ``"random"``) the
+    random-initialised :func:`random_backbone`.
+    """
     if backbone is None:
+        shipped = shipped_backbone_path(task)
+        if shipped is not None:
+            saved = json.loads((shipped / _META).read_text())["config"]
+            if ltm_codec in (None, saved["ltm_codec"]) and integration in (None, saved["integration"]):
+                backbone = shipped
+    if backbone is None or backbone == "random":
         model = random_backbone(vocab_size, ltm_codec or "int8", integration or "readout")
         if not (model.key_codec.is_fitted and model.value_codec.is_fitted):  # pq: fit on a sample of the task
             sample = torch.from_numpy(calibration.tokens(0, min(calibration.seq_len, 8192)))[None]
@@ -385,7 +407,8 @@ class EpisodeBatch:
         probe = make_task(config.task, config.seq_len, config.chunk_size, 0, **dict(config.task_kwargs))
         self.vocab_size = probe.vocab_size
         self.n_chunks = probe.n_chunks
-        model = resolve_backbone(config.backbone, probe.vocab_size, config.ltm_codec, config.integration, probe)
+        model = resolve_backbone(config.backbone, probe.vocab_size, config.ltm_codec, config.integration, probe,
+                                 config.task)
         self.model = model
         mc = model.config
         self.integration = mc.integration
@@ -561,20 +584,8 @@ class EpisodeBatch:
         return self.observation
 
     def _observation_arrays(self, obs: MemoryObservation) -> dict[str, np.ndarray]:
-        """The Dict observation: every value squashed or clipped into its Box (see the env's docstring)."""
-        n = np.float32(self.n_chunks)
-        uses = obs.wm_uses.cpu().numpy()
         self._wm_occupied = obs.wm_occupied.cpu().numpy() > 0.5
-        return {
-            "ssm_features": np.tanh(obs.ssm_features.cpu().numpy()),
-            "wm_occupied": obs.wm_occupied.cpu().numpy(),
-            "wm_age": np.minimum(obs.wm_age.cpu().numpy() / n, np.float32(1.0)),
-            "wm_uses": uses / (np.float32(1.0) + uses),
-            "wm_similarity": np.clip(obs.wm_similarity.cpu().numpy(), -1.0, 1.0),
-            "ltm_fill": np.clip(obs.ltm_fill.cpu().numpy()[:, None], 0.0, 1.0),
-            "ltm_topk_similarity": np.clip(obs.ltm_topk_similarity.cpu().numpy(), -1.0, 1.0),
-            "progress": ((self.t + 1) / n).astype(np.float32)[:, None],
-        }
+        return observation_arrays(obs, self.t, self.n_chunks)
 
     # ---------------------------------------------------------------- actions
     def check_actions(self, actions: Any) -> np.ndarray:
@@ -804,6 +815,24 @@ class EpisodeBatch:
         }
 
 
+def observation_arrays(obs: MemoryObservation, chunk: np.ndarray, n_chunks: int) -> dict[str, np.ndarray]:
+    """The env's Dict observation from a :class:`~ahm.backbone.MemoryObservation` of b sequences at chunk ``chunk``
+    (b,) of ``n_chunks``: every value squashed or clipped into its Box (see :class:`AHMMemoryEnv`). Also what a
+    controller sees outside the env (``ahm.training`` drives controllers on text streams with it)."""
+    n = np.float32(n_chunks)
+    uses = obs.wm_uses.cpu().numpy()
+    return {
+        "ssm_features": np.tanh(obs.ssm_features.cpu().numpy()),
+        "wm_occupied": obs.wm_occupied.cpu().numpy(),
+        "wm_age": np.minimum(obs.wm_age.cpu().numpy() / n, np.float32(1.0)),
+        "wm_uses": uses / (np.float32(1.0) + uses),
+        "wm_similarity": np.clip(obs.wm_similarity.cpu().numpy(), -1.0, 1.0),
+        "ltm_fill": np.clip(obs.ltm_fill.cpu().numpy()[:, None], 0.0, 1.0),
+        "ltm_topk_similarity": np.clip(obs.ltm_topk_similarity.cpu().numpy(), -1.0, 1.0),
+        "progress": np.minimum((np.asarray(chunk) + 1) / n, 1.0).astype(np.float32)[:, None],
+    }
+
+
 def _zero_rows(state: MambaState, which: Tensor) -> MambaState:
     """The backbone state with the rows where ``which`` (b,) is True set to zero."""
     keep = (~which).to(state.layers[0].ssm.dtype)
@@ -841,11 +870,12 @@ class AHMMemoryEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     plus the memory retrieved at that boundary; facts end exactly at chunk
     boundaries, so writing at the right chunk stores them.
 
-    The default backbone is a small **random-initialised** model (:data:`DEFAULT_BACKBONE`)
-    until the train_lm issue ships a task-trained checkpoint: with it the answers are
-    at chance level and only the mechanics are meaningful. Pass ``backbone=`` a
-    trained :class:`AHMModel` or a checkpoint directory (:func:`save_ahm_checkpoint`)
-    for research use.
+    The default backbone is the task-trained checkpoint the package ships for the task
+    (``ahm/envs/checkpoints/<task>/``, made by the ``train_lm.py`` command recorded in it and
+    in the README); for a task without one, or with ``backbone="random"``, a small
+    **random-initialised** model (:data:`DEFAULT_BACKBONE`) whose answers are at chance level,
+    so only the mechanics are meaningful. Pass ``backbone=`` a trained :class:`AHMModel`
+    or a checkpoint directory (:func:`save_ahm_checkpoint`) for your own.
 
     ## Observation Space
 
@@ -923,8 +953,8 @@ class AHMMemoryEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
       backbone's (``int8`` for the default one).
     * ``integration`` (None): ``readout`` (features cached per episode; fast) or ``state`` (the backbone
       runs every step); None: the backbone's (``readout`` for the default one).
-    * ``backbone`` (None): None (the random default, see Description), an ``AHMModel``, or a checkpoint
-      directory written by :func:`save_ahm_checkpoint`.
+    * ``backbone`` (None): None (the task's shipped checkpoint, else the random default; see Description),
+      ``"random"``, an ``AHMModel``, or a checkpoint directory written by :func:`save_ahm_checkpoint`.
     * ``reward_weights`` (None): :class:`~ahm.rewards.RewardWeights` or a mapping of term name to weight.
     * ``extra_reward_terms`` (()): custom :class:`~ahm.rewards.RewardTerm` instances added to the sum.
     * ``task_kwargs`` (None): arguments of the task stream (see its class).
