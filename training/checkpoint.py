@@ -1,0 +1,110 @@
+"""Training checkpoints that resume exactly and are safe to load.
+
+A training checkpoint is a folder:
+
+* ``model.safetensors`` + ``ahm_model.json``: the :class:`~ahm.backbone.AHMModel` in the format of
+  :func:`ahm.envs.save_ahm_checkpoint`, so the env and the benchmark load it directly;
+* ``optimizer.safetensors``: every tensor of the optimizer's state, named ``<param index>.<name>``;
+* ``trainer.json``: step, the optimizer's param groups, the data generator's state (numpy's
+  ``bit_generator.state`` is plain JSON), the curriculum, the config, and the loss history.
+
+Every file is written beside its target and moved into place (``os.replace``), the
+``trainer.json`` last: it names the step, so a crash mid-save leaves either the old
+checkpoint or the new one, never a mix that claims a step its weights are not from.
+Loading reads safetensors and JSON only: it never executes code from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ahm.backbone import AHMModel
+from ahm.backbone.checkpoint import atomic_write_bytes
+from ahm.envs.memory_env import load_ahm_checkpoint, save_ahm_checkpoint
+
+__all__ = ["TRAINER_STATE", "save_training_checkpoint", "load_training_checkpoint", "has_training_checkpoint"]
+
+TRAINER_STATE = "trainer.json"
+OPTIMIZER = "optimizer.safetensors"
+_FORMAT, _VERSION = "ahm-training", 1
+
+
+def has_training_checkpoint(directory: str | Path) -> bool:
+    """True if ``directory`` holds a training checkpoint (its ``trainer.json``)."""
+    return (Path(directory) / TRAINER_STATE).is_file()
+
+
+def save_training_checkpoint(directory: str | Path, model: AHMModel, optimizer: torch.optim.Optimizer,
+                             state: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
+    """Save model, optimizer and the JSON-able trainer ``state`` into ``directory`` (module doc: atomic)."""
+    directory = Path(directory)
+    save_ahm_checkpoint(directory, model, extra=extra)
+    opt = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, per_param in opt["state"].items():
+        for name, value in per_param.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{index}.{name}"] = value.detach().contiguous().cpu()
+            else:
+                scalars.setdefault(str(index), {})[name] = value
+    with tempfile.TemporaryDirectory(dir=directory) as tmp:
+        path = Path(tmp) / OPTIMIZER
+        save_file(tensors, str(path))
+        atomic_write_bytes(directory / OPTIMIZER, path.read_bytes())
+    meta = {"format": _FORMAT, "version": _VERSION, "param_groups": opt["param_groups"],
+            "optimizer_scalars": scalars, "state": state}
+    atomic_write_bytes(directory / TRAINER_STATE, json.dumps(meta, indent=1).encode())
+
+
+def load_training_checkpoint(directory: str | Path, model: AHMModel,
+                             optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any]:
+    """Load the weights into ``model`` and (if given) the optimizer's state, in place; returns the trainer state.
+
+    ``model`` must have the checkpoint's configuration (the trainer builds it from the saved config).
+
+    Raises:
+        FileNotFoundError: a file is missing. ValueError: a file is corrupted or does not fit.
+    """
+    directory = Path(directory)
+    where = repr(str(directory))
+    if not (directory / TRAINER_STATE).is_file():
+        raise FileNotFoundError(f"no training checkpoint in {where} (no {TRAINER_STATE}); start without --resume")
+    try:
+        meta = json.loads((directory / TRAINER_STATE).read_text())
+        if meta.get("format") != _FORMAT or meta.get("version") != _VERSION:
+            raise ValueError(f"format {meta.get('format')!r} version {meta.get('version')!r}")
+        state = meta["state"]
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"training checkpoint {where}: {TRAINER_STATE} is corrupted ({err})") from err
+    saved, _ = load_ahm_checkpoint(directory)
+    if saved.config != model.config:
+        raise ValueError(f"training checkpoint {where} was made with a different model configuration; resume with "
+                         "the same model settings, or use another --out-dir")
+    with torch.no_grad():
+        model.load_state_dict(saved.state_dict())
+    if optimizer is not None:
+        try:
+            tensors = load_file(str(directory / OPTIMIZER))
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"training checkpoint {where} has no {OPTIMIZER}") from err
+        except (SafetensorError, OSError, RuntimeError) as err:
+            raise ValueError(f"training checkpoint {where}: {OPTIMIZER} is corrupted ({err})") from err
+        per_param: dict[int, dict[str, Any]] = {}
+        for key, value in tensors.items():
+            index, name = key.split(".", 1)
+            per_param.setdefault(int(index), {})[name] = value
+        for index, values in meta.get("optimizer_scalars", {}).items():
+            per_param.setdefault(int(index), {}).update(values)
+        try:
+            optimizer.load_state_dict({"state": per_param, "param_groups": meta["param_groups"]})
+        except (KeyError, ValueError) as err:
+            raise ValueError(f"training checkpoint {where}: the optimizer state does not fit ({err})") from err
+    return state
