@@ -39,7 +39,27 @@ from ahm.envs.memory_env import AHMMemoryConfig, EpisodeBatch, MemoryOpsSpace
 from ahm.envs.render import render_ansi, render_rgb
 from ahm.rewards import RewardTerm, RewardWeights
 
-__all__ = ["AHMMemoryVectorEnv", "SB3VecEnvAdapter", "VectorStep"]
+__all__ = ["AHMMemoryVectorEnv", "SB3VecEnvAdapter", "VectorStep", "noop_invalid_actions"]
+
+INVALID_ACTION_MODES = ("raise", "noop")
+"""What :class:`SB3VecEnvAdapter` does with an action value its mask marks invalid."""
+
+
+def noop_invalid_actions(actions: Any, masks: np.ndarray, nvec: np.ndarray) -> np.ndarray:
+    """(n, 5) int64 actions with every in-range component value that ``masks`` marks invalid replaced by 0.
+
+    0 is every component's no-op (no write, drop, no retrieve, no forget, no LTM forget)
+    and is valid in every state. Values outside ``[0, nvec)`` are left as they are, so
+    the env still raises on malformed actions. ``masks`` is (n, sum(nvec)) bool, the
+    per-component masks concatenated (the env's ``action_masks()``).
+    """
+    nvec = np.asarray(nvec, dtype=np.int64)
+    masks = np.asarray(masks, dtype=bool)
+    a = np.asarray(actions, dtype=np.int64).reshape(masks.shape[0], len(nvec))
+    in_range = (a >= 0) & (a < nvec)
+    offsets = np.concatenate(([0], np.cumsum(nvec)[:-1]))
+    valid = np.take_along_axis(masks, offsets + np.where(in_range, a, 0), axis=1)
+    return np.where(in_range & ~valid, 0, a)
 
 
 def _masked(tree: dict[str, Any], mask: np.ndarray) -> dict[str, Any]:
@@ -252,6 +272,10 @@ class SB3VecEnvAdapter(VecEnv):
         info_keys: keys of each step's info to pass on (None: all). Building n Python
             dicts per step costs about a microsecond per key and sub-env, so training
             loops that log few keys pass e.g. ``("is_success", "reward_terms")``.
+        invalid_actions: ``"raise"`` (the env raises on an action value its mask marks
+            invalid) or ``"noop"``: before each step, every invalid component value is
+            replaced by that component's no-op 0 (:func:`noop_invalid_actions`), for
+            algorithms that cannot mask (plain PPO / A2C). The env itself always raises.
 
     Example::
 
@@ -265,11 +289,15 @@ class SB3VecEnvAdapter(VecEnv):
         ((2, 1), 2, (27,))
     """
 
-    def __init__(self, env: AHMMemoryVectorEnv, info_keys: Iterable[str] | None = None) -> None:
+    def __init__(self, env: AHMMemoryVectorEnv, info_keys: Iterable[str] | None = None,
+                 invalid_actions: str = "raise") -> None:
         if not isinstance(env, AHMMemoryVectorEnv):
             raise ValueError(f"SB3VecEnvAdapter wraps an AHMMemoryVectorEnv, got {type(env).__name__} "
                              "(use gymnasium.make_vec(..., vectorization_mode='vector_entry_point'))")
+        if invalid_actions not in INVALID_ACTION_MODES:
+            raise ValueError(f"invalid_actions must be one of {INVALID_ACTION_MODES}, got {invalid_actions!r}")
         self.env = env
+        self.invalid_actions = invalid_actions
         self.info_keys = None if info_keys is None else tuple(info_keys)
         self._actions: np.ndarray | None = None
         super().__init__(env.num_envs, env.single_observation_space, env.single_action_space)
@@ -291,7 +319,10 @@ class SB3VecEnvAdapter(VecEnv):
         self._actions = actions
 
     def step_wait(self) -> VecEnvStepReturn:
-        s = self.env.step_arrays(self._actions)
+        actions = self._actions
+        if self.invalid_actions == "noop":
+            actions = noop_invalid_actions(actions, self.env.action_masks(), self.env.single_action_space.nvec)
+        s = self.env.step_arrays(actions)
         done = s.terminated | s.truncated
         infos = _rows_of(self._select({k: v for k, v in s.info.items() if k != "is_success"}), self.num_envs)
         if s.final_info is not None:
