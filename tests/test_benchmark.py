@@ -296,3 +296,24 @@ def test_benchmark_loads_learned_checkpoints_by_path(tmp_path):
     direct = evaluate(learned.load_controller(path), "AHMMemory-v0", episodes=1, seed=0, **TINY)
     assert rows[1].accuracy_mean == direct.accuracy
     assert rows[1].ops_per_1k_tokens == pytest.approx(direct.ops_per_1k_tokens)
+
+
+def test_benchmark_of_every_heuristic_is_deterministic(tmp_path):
+    pytest.importorskip("ahm.agents.heuristics")
+    from ahm.agents import CONTROLLER_NAMES
+
+    def run(out):
+        config = BenchmarkConfig(tasks="AHMMemory-MQAR-v0", lengths="1024", chunk_size=64, seeds=2, episodes=2,
+                                 num_envs=2, plots=False, out_dir=str(out))
+        return run_benchmark(config, log=None)
+
+    rows = run(tmp_path / "a")
+    assert [r.controller for r in rows] == list(CONTROLLER_NAMES)
+    timing = ("tokens_per_s", "tokens_per_s_with_resets")
+    again = run(tmp_path / "b")  # heuristics are built afresh per evaluation: `random` repeats itself
+    strip = [{k: v for k, v in r.__dict__.items() if k not in timing} for r in rows]
+    assert strip == [{k: v for k, v in r.__dict__.items() if k not in timing} for r in again]
+    by_name = {r.controller: r for r in rows}
+    assert by_name["none"].ops_per_1k_tokens == 0 and by_name["none"].bytes_held == 0
+    assert by_name["write_all"].ops_per_1k_tokens > by_name["oracle"].ops_per_1k_tokens > 0
+    assert all(0 <= r.accuracy_mean <= 1 and r.accuracy_ci95 >= 0 and r.episodes == 4 for r in rows)
