@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(PY) train_lm.py
+	$(PY) train_rl.py
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from ahm.agents import FunctionController
-from ahm.training.checkpoint import load_training_checkpoint
+from ahm.training.checkpoint import current_model_dir, load_training_checkpoint
 from ahm.training.data import Curriculum, TaskSource
 from ahm.training.supervised import ReplayController, TrainLMConfig, WindowLoss, build_model, controller_actions, train
 
@@ -59,7 +59,8 @@ def test_text_loss_falls(tmp_path):
     result = train(cfg, log=lambda s: None, controller=FunctionController(write_first))
     first, last = np.mean(result.losses[:5]), np.mean(result.losses[-5:])
     assert last < first - 0.5, (first, last)
-    assert (tmp_path / "run" / "trainer.json").is_file() and (tmp_path / "run" / "model.safetensors").is_file()
+    assert (current_model_dir(tmp_path / "run") / "model.safetensors").is_file()
+    assert [p.name for p in (tmp_path / "run").glob("step_*")] == [current_model_dir(tmp_path / "run").name]
 
 
 def test_sigkill_then_resume_is_exact(tmp_path):
@@ -152,12 +153,12 @@ def test_corrupted_checkpoint_stops_and_changes_nothing(tmp_path):
     cfg = cfg_for(tmp_path, "--max-steps", "2")
     train(cfg, lambda s: None, FunctionController(write_first))
     run = tmp_path / "run"
-    (run / "model.safetensors").write_bytes(b"not a safetensors file")
-    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    (current_model_dir(run) / "model.safetensors").write_bytes(b"not a safetensors file")
+    before = {str(p): p.read_bytes() for p in run.rglob("*") if p.is_file()}
     r = run_cli([*TINY, "--corpus", cfg.corpus, "--seq-len", "128", "--out-dir", str(run), "--resume",
                  "--controller", "write_all", "--max-steps", "4"], tmp_path)
     assert r.returncode != 0 and "corrupted" in r.stderr, r.stderr
-    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    assert {str(p): p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
     (run / "trainer.json").write_text("{")
     r = run_cli([*TINY, "--corpus", cfg.corpus, "--out-dir", str(run), "--resume"], tmp_path)
     assert r.returncode != 0 and "trainer.json is corrupted" in r.stderr, r.stderr

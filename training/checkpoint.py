@@ -1,22 +1,26 @@
-"""Training checkpoints that resume exactly and are safe to load.
+"""Training checkpoints that resume exactly, survive a crash at any moment, and are safe to load.
 
-A training checkpoint is a folder:
+A training checkpoint is a folder ``out_dir`` holding
 
-* ``model.safetensors`` + ``ahm_model.json``: the :class:`~ahm.backbone.AHMModel` in the format of
-  :func:`ahm.envs.save_ahm_checkpoint`, so the env and the benchmark load it directly;
-* ``optimizer.safetensors``: every tensor of the optimizer's state, named ``<param index>.<name>``;
-* ``trainer.json``: step, the optimizer's param groups, the data generator's state (numpy's
-  ``bit_generator.state`` is plain JSON), the curriculum, the config, and the loss history.
+* ``step_<N>/``: the state after step N:
+  ``model.safetensors`` + ``ahm_model.json`` (the :class:`~ahm.backbone.AHMModel` in the format of
+  :func:`ahm.envs.save_ahm_checkpoint`, so the env and the benchmark load ``step_<N>/`` directly)
+  and ``optimizer.safetensors`` (every tensor of the optimizer's state, named ``<param index>.<name>``);
+* ``trainer.json``: which ``step_<N>/`` is current, the optimizer's param groups, the data
+  generator's state (numpy's ``bit_generator.state`` is plain JSON), the curriculum, the config
+  and the loss history.
 
-Every file is written beside its target and moved into place (``os.replace``), the
-``trainer.json`` last: it names the step, so a crash mid-save leaves either the old
-checkpoint or the new one, never a mix that claims a step its weights are not from.
-Loading reads safetensors and JSON only: it never executes code from the checkpoint.
+A save writes a new ``step_<N>/`` completely, then replaces ``trainer.json`` atomically
+(``os.replace``), and only then deletes the previous ``step_<M>/``. A crash (even SIGKILL)
+at any moment therefore leaves a ``trainer.json`` that names a complete folder whose files
+all belong to the same step. Loading reads safetensors and JSON only: it never executes
+code from the checkpoint.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -29,7 +33,8 @@ from ahm.backbone import AHMModel
 from ahm.backbone.checkpoint import atomic_write_bytes
 from ahm.envs.memory_env import load_ahm_checkpoint, save_ahm_checkpoint
 
-__all__ = ["TRAINER_STATE", "save_training_checkpoint", "load_training_checkpoint", "has_training_checkpoint"]
+__all__ = ["TRAINER_STATE", "save_training_checkpoint", "load_training_checkpoint", "has_training_checkpoint",
+           "current_model_dir"]
 
 TRAINER_STATE = "trainer.json"
 OPTIMIZER = "optimizer.safetensors"
@@ -41,27 +46,56 @@ def has_training_checkpoint(directory: str | Path) -> bool:
     return (Path(directory) / TRAINER_STATE).is_file()
 
 
+def current_model_dir(directory: str | Path) -> Path:
+    """The ``step_<N>/`` folder the training checkpoint in ``directory`` names (its model loads from there)."""
+    meta = _read_meta(Path(directory))
+    return Path(directory) / meta["checkpoint"]
+
+
 def save_training_checkpoint(directory: str | Path, model: AHMModel, optimizer: torch.optim.Optimizer,
-                             state: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
-    """Save model, optimizer and the JSON-able trainer ``state`` into ``directory`` (module doc: atomic)."""
+                             state: dict[str, Any], extra: dict[str, Any] | None = None) -> Path:
+    """Save model, optimizer and the JSON-able trainer ``state`` (with its ``step``) into ``directory``
+    (module doc: a new ``step_<N>/``, then ``trainer.json``, then the old folder goes); returns ``step_<N>/``."""
     directory = Path(directory)
-    save_ahm_checkpoint(directory, model, extra=extra)
+    name = f"step_{int(state['step']):09d}"
+    folder = directory / name
+    save_ahm_checkpoint(folder, model, extra=extra)
     opt = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
     for index, per_param in opt["state"].items():
-        for name, value in per_param.items():
+        for key, value in per_param.items():
             if isinstance(value, torch.Tensor):
-                tensors[f"{index}.{name}"] = value.detach().contiguous().cpu()
+                tensors[f"{index}.{key}"] = value.detach().contiguous().cpu()
             else:
-                scalars.setdefault(str(index), {})[name] = value
+                scalars.setdefault(str(index), {})[key] = value
     with tempfile.TemporaryDirectory(dir=directory) as tmp:
         path = Path(tmp) / OPTIMIZER
         save_file(tensors, str(path))
-        atomic_write_bytes(directory / OPTIMIZER, path.read_bytes())
-    meta = {"format": _FORMAT, "version": _VERSION, "param_groups": opt["param_groups"],
+        atomic_write_bytes(folder / OPTIMIZER, path.read_bytes())
+    meta = {"format": _FORMAT, "version": _VERSION, "checkpoint": name, "param_groups": opt["param_groups"],
             "optimizer_scalars": scalars, "state": state}
     atomic_write_bytes(directory / TRAINER_STATE, json.dumps(meta, indent=1).encode())
+    for old in directory.glob("step_*"):
+        if old.name != name and old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def _read_meta(directory: Path) -> dict[str, Any]:
+    where = repr(str(directory))
+    if not (directory / TRAINER_STATE).is_file():
+        raise FileNotFoundError(f"no training checkpoint in {where} (no {TRAINER_STATE}); start without --resume")
+    try:
+        meta = json.loads((directory / TRAINER_STATE).read_text())
+        if meta.get("format") != _FORMAT or meta.get("version") != _VERSION:
+            raise ValueError(f"format {meta.get('format')!r} version {meta.get('version')!r}")
+        if not str(meta["checkpoint"]).startswith("step_") or "/" in meta["checkpoint"]:
+            raise ValueError(f"bad checkpoint folder name {meta['checkpoint']!r}")
+        meta["state"]["step"]
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"training checkpoint {where}: {TRAINER_STATE} is corrupted ({err})") from err
+    return meta
 
 
 def load_training_checkpoint(directory: str | Path, model: AHMModel,
@@ -75,16 +109,10 @@ def load_training_checkpoint(directory: str | Path, model: AHMModel,
     """
     directory = Path(directory)
     where = repr(str(directory))
-    if not (directory / TRAINER_STATE).is_file():
-        raise FileNotFoundError(f"no training checkpoint in {where} (no {TRAINER_STATE}); start without --resume")
-    try:
-        meta = json.loads((directory / TRAINER_STATE).read_text())
-        if meta.get("format") != _FORMAT or meta.get("version") != _VERSION:
-            raise ValueError(f"format {meta.get('format')!r} version {meta.get('version')!r}")
-        state = meta["state"]
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError, UnicodeDecodeError) as err:
-        raise ValueError(f"training checkpoint {where}: {TRAINER_STATE} is corrupted ({err})") from err
-    saved, _ = load_ahm_checkpoint(directory)
+    meta = _read_meta(directory)
+    state = meta["state"]
+    folder = directory / meta["checkpoint"]
+    saved, _ = load_ahm_checkpoint(folder)
     if saved.config != model.config:
         raise ValueError(f"training checkpoint {where} was made with a different model configuration; resume with "
                          "the same model settings, or use another --out-dir")
@@ -92,7 +120,7 @@ def load_training_checkpoint(directory: str | Path, model: AHMModel,
         model.load_state_dict(saved.state_dict())
     if optimizer is not None:
         try:
-            tensors = load_file(str(directory / OPTIMIZER))
+            tensors = load_file(str(folder / OPTIMIZER))
         except FileNotFoundError as err:
             raise FileNotFoundError(f"training checkpoint {where} has no {OPTIMIZER}") from err
         except (SafetensorError, OSError, RuntimeError) as err:

@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -50,7 +51,13 @@ from torch import Tensor, nn
 
 from ahm.agents import Controller, make_controller
 from ahm.backbone import AHMConfig, AHMModel, AHMState, MambaConfig, MemoryObservation, MemoryOps, NullController
-from ahm.envs.memory_env import AHMMemoryConfig, EpisodeBatch, observation_arrays
+from ahm.envs.memory_env import (
+    AHMMemoryConfig,
+    EpisodeBatch,
+    load_ahm_checkpoint,
+    observation_arrays,
+    save_ahm_checkpoint,
+)
 from ahm.training.checkpoint import has_training_checkpoint, load_training_checkpoint, save_training_checkpoint
 from ahm.training.data import Curriculum, SequenceBatch, TaskSource, TextSource
 
@@ -126,6 +133,12 @@ class TrainLMConfig:
     """torch intra-op threads (0: torch's default)."""
     out_dir: str = "checkpoints/lm"
     """Where checkpoints (model.safetensors, ahm_model.json, optimizer.safetensors, trainer.json) and logs go."""
+    init_from: str = ""
+    """Start from the weights of this AHM checkpoint (save_ahm_checkpoint folder, e.g. an earlier run's export or
+    step_<N>/) instead of a fresh initialisation; its model settings replace the ones above."""
+    export_dir: str = ""
+    """Also write the final model alone (model.safetensors + ahm_model.json, with this command recorded) here,
+    e.g. envs/checkpoints/<task> to ship it as the env's default backbone."""
     checkpoint_every: int = 50
     """Save a checkpoint after the first sequence batch that ends at or after every N steps (and at the end)."""
     resume: bool = False
@@ -423,6 +436,8 @@ class TrainResult(NamedTuple):
     tokens_per_s: float
     losses: list[float]
     evaluation: dict[str, Any]
+    model: Any = None
+    """The trained :class:`AHMModel`."""
 
 
 def _distributed() -> tuple[int, int]:
@@ -462,12 +477,19 @@ def train(cfg: TrainLMConfig, log: Callable[[str], None] = print, controller: Co
     # the data from a numpy generator per rank (its state is checkpointed).
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed + rank)
+    length_rng = np.random.default_rng([cfg.seed, 7])  # the same on every rank: DDP ranks need equal windows
     if cfg.source == "text":
         source: TextSource | TaskSource = TextSource(cfg.corpus, cfg.max_documents)
         curriculum = None
     else:
         curriculum = Curriculum(cfg.length_list(cfg.lengths, "lengths"), cfg.curriculum)
         source = TaskSource(cfg.task_list(), cfg.chunk_size, curriculum, cfg.task_kwargs_dict())
+    if model is None and cfg.init_from:
+        model, _ = load_ahm_checkpoint(cfg.init_from)
+        model.train().requires_grad_(True)
+        if model.config.chunk_size != cfg.chunk_size:
+            raise ValueError(f"--init-from model has chunk_size {model.config.chunk_size}, --chunk-size is "
+                             f"{cfg.chunk_size}; make them equal")
     model = model if model is not None else build_model(cfg, source.vocab_size)
     controller = controller if controller is not None else make_controller(cfg.controller)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
@@ -483,12 +505,14 @@ def train(cfg: TrainLMConfig, log: Callable[[str], None] = print, controller: Co
                              "same settings or use another --out-dir")
         step, losses, tokens_seen, seconds = state["step"], state["losses"], state["tokens"], state["seconds"]
         rng.bit_generator.state = state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0]
+        if state.get("length_rng"):
+            length_rng.bit_generator.state = state["length_rng"]
         if curriculum is not None and state.get("curriculum"):
             curriculum.load_state(state["curriculum"])
         _restore_lr(opt, schedule, step)
         log(f"resumed from {out_dir} at step {step}")
     if cfg.eval:
-        return TrainResult(step, seconds, 0.0, losses, evaluate(model, cfg, source, controller, log))
+        return TrainResult(step, seconds, 0.0, losses, evaluate(model, cfg, source, controller, log), model)
 
     n_params = sum(p.numel() for p in model.parameters())
     if rank == 0:
@@ -505,7 +529,7 @@ def train(cfg: TrainLMConfig, log: Callable[[str], None] = print, controller: Co
     last_saved = step
     stop = False
     while step < cfg.max_steps and not stop:
-        length = cfg.seq_len if curriculum is None else curriculum.draw(rng)
+        length = cfg.seq_len if curriculum is None else curriculum.draw(length_rng)
         batch = source.sample(cfg.batch, length, rng)
         tokens = torch.from_numpy(batch.tokens)
         actions = None
@@ -541,7 +565,7 @@ def train(cfg: TrainLMConfig, log: Callable[[str], None] = print, controller: Co
             batch_correct += int(out.answers_correct)
             elapsed = time.perf_counter() - start_time
             if writer is not None:
-                writer.add_scalar("train/loss", float(out.loss), step)
+                writer.add_scalar("train/loss", float(out.loss.detach()), step)
                 writer.add_scalar("train/lm_loss", float(out.lm_loss), step)
                 writer.add_scalar("train/bits_per_byte" if batch.task is None else "train/lm_bits_per_token",
                                   float(out.lm_loss) / math.log(2), step)
@@ -557,6 +581,12 @@ def train(cfg: TrainLMConfig, log: Callable[[str], None] = print, controller: Co
             if step >= cfg.max_steps or (cfg.minutes and elapsed > cfg.minutes * 60):
                 stop = True
                 break
+        if world > 1:  # every rank takes the same decisions: summed answers, stop if any rank stops
+            import torch.distributed as dist
+
+            shared = torch.tensor([batch_correct, batch_answers, int(stop)], dtype=torch.int64)
+            dist.all_reduce(shared)
+            batch_correct, batch_answers, stop = int(shared[0]), int(shared[1]), bool(shared[2])
         if curriculum is not None and batch_answers:
             acc = batch_correct / batch_answers
             grown = curriculum.update(length, acc)
@@ -567,9 +597,10 @@ def train(cfg: TrainLMConfig, log: Callable[[str], None] = print, controller: Co
                 log(f"step {step}: curriculum adds length {curriculum.lengths[curriculum.active - 1]}")
         # Checkpoints only between sequence batches: the state to resume is then the weights, the
         # optimizer and the generators (no half-read sequence).
-        if rank == 0 and (step - last_saved >= cfg.checkpoint_every or step >= cfg.max_steps or stop):
+        if step - last_saved >= cfg.checkpoint_every or step >= cfg.max_steps or stop:  # every rank (gathers)
             seconds = time.perf_counter() - start_time
-            _save(out_dir, model, opt, cfg, step, losses, tokens_seen, seconds, rng, curriculum, world)
+            _save(out_dir, model, opt, cfg, step, losses, tokens_seen, seconds, rng, length_rng, curriculum, rank,
+                  world)
             last_saved = step
     if bar is not None:
         bar.close()
@@ -582,7 +613,27 @@ def train(cfg: TrainLMConfig, log: Callable[[str], None] = print, controller: Co
         log(f"trained {step} steps in {seconds:.0f}s ({tokens_per_s:,.0f} tokens/s); checkpoint in {out_dir}/")
         if writer is not None:
             writer.close()
-    return TrainResult(step, seconds, tokens_per_s, losses, evaluation)
+        if cfg.export_dir:
+            save_ahm_checkpoint(cfg.export_dir, model, extra={
+                "command": command_line(cfg), "steps": step, "train_seconds": round(seconds, 1),
+                "train_tokens_per_s": round(tokens_per_s)})
+            log(f"exported the model to {cfg.export_dir}/")
+    return TrainResult(step, seconds, tokens_per_s, losses, evaluation, model)
+
+
+def command_line(cfg: TrainLMConfig) -> str:
+    """The ``train_lm.py`` command that reproduces ``cfg`` (its fields that differ from the defaults)."""
+    default = TrainLMConfig()
+    parts = ["python train_lm.py"]
+    for name, value in asdict(cfg).items():
+        if name in ("export_dir", "out_dir", "progress", "resume", "eval") or value == getattr(default, name):
+            continue
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            parts.append(flag if value else "--no-" + name.replace("_", "-"))
+        else:
+            parts.append(f"{flag} {shlex.quote(str(value))}")
+    return " ".join(parts)
 
 
 def _restore_lr(opt: torch.optim.Optimizer, schedule: torch.optim.lr_scheduler.LambdaLR, step: int) -> None:
@@ -594,8 +645,9 @@ def _restore_lr(opt: torch.optim.Optimizer, schedule: torch.optim.lr_scheduler.L
 
 
 def _save(out_dir: Path, model: AHMModel, opt: torch.optim.Optimizer, cfg: TrainLMConfig, step: int,
-          losses: list[float], tokens: int, seconds: float, rng: np.random.Generator, curriculum: Curriculum | None,
-          world: int) -> None:
+          losses: list[float], tokens: int, seconds: float, rng: np.random.Generator, length_rng: np.random.Generator,
+          curriculum: Curriculum | None, rank: int, world: int) -> None:
+    """Every rank calls this (the data generators are gathered); rank 0 writes."""
     rng_states = [rng.bit_generator.state]
     if world > 1:  # every rank's data generator, so each rank resumes its own stream
         import torch.distributed as dist
@@ -603,7 +655,10 @@ def _save(out_dir: Path, model: AHMModel, opt: torch.optim.Optimizer, cfg: Train
         gathered: list[Any] = [None] * world
         dist.all_gather_object(gathered, rng.bit_generator.state)
         rng_states = gathered
+    if rank != 0:
+        return
     state = {"step": step, "losses": losses, "tokens": tokens, "seconds": round(seconds, 3), "rng": rng_states,
+             "length_rng": length_rng.bit_generator.state,
              "curriculum": curriculum.state() if curriculum is not None else None, "config": asdict(cfg)}
     save_training_checkpoint(out_dir, model, opt, state, extra={"train_config": asdict(cfg), "step": step})
 

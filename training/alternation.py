@@ -1,0 +1,227 @@
+"""The alternation behind ``train_rl.py`` (ARCHITECTURE.md, "Training: two phases that alternate").
+
+For R rounds:
+
+1. **backbone phase** (supervised, :func:`ahm.training.supervised.train`): the AHM model is
+   trained on the task's streams with the current controller deciding the memory
+   operations (round 0: the ``teacher``, by default the oracle, since no controller
+   has been learned yet; later rounds: the learned controller);
+2. **controller phase** (RL, :func:`ahm.agents.learned.train_controller`): a frozen copy
+   of the model is the env's backbone and the controller is trained with PPO (or
+   A2C / RecurrentPPO / MaskablePPO), continuing the previous round's model.
+
+Each round ends with an atomic checkpoint in ``out_dir/round_<r>/``: ``backbone/`` (the
+AHM model incl. its memory projections and LTM codec, :func:`ahm.envs.save_ahm_checkpoint`)
+and ``controller/`` (:func:`ahm.agents.learned.save_controller`), then ``state.json``
+(written last) names the completed round; ``--resume`` continues after it. The memory's
+contents belong to an episode and are not carried between rounds (every episode starts
+empty), so a round's checkpoint is complete without them.
+
+Then the benchmark (:func:`ahm.agents.benchmark.run_benchmark`) compares the learned
+controller with every heuristic and the oracle on the final backbone and prints its table.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ahm.agents import CONTROLLER_NAMES, Controller, make_controller
+from ahm.agents.benchmark import BenchmarkConfig, benchmark_table, run_benchmark
+from ahm.agents.learned import (
+    ALGORITHMS,
+    ControllerTrainConfig,
+    SB3Controller,
+    load_controller,
+    save_controller,
+    train_controller,
+)
+from ahm.backbone import AHMModel
+from ahm.backbone.checkpoint import atomic_write_bytes
+from ahm.envs import ENV_SPECS
+from ahm.envs.memory_env import load_ahm_checkpoint, save_ahm_checkpoint, shipped_backbone_path
+from ahm.training.supervised import TrainLMConfig, train
+
+__all__ = ["TrainRLConfig", "run_alternation"]
+
+STATE = "state.json"
+
+
+@dataclass
+class TrainRLConfig:
+    """Alternate supervised backbone phases and RL controller phases, then benchmark the controller."""
+
+    env_id: str = "AHMMemory-v0"
+    """The environment (ahm.envs.ENV_SPECS); its task family is also the backbone phase's task."""
+    backbone: str = "shipped"
+    """Starting backbone: 'shipped' (the env's task-trained default checkpoint), 'fresh' (a new model), or a
+    checkpoint directory (save_ahm_checkpoint)."""
+    rounds: int = 2
+    """Rounds of (backbone phase, controller phase)."""
+    teacher: str = "oracle"
+    """Controller of the first backbone phase, before one is learned (a heuristic name or 'oracle')."""
+    lm_steps: int = 20
+    """Supervised steps per backbone phase."""
+    lm_lengths: str = "1024,2048,4096"
+    """Sequence lengths of the backbone phase (mixed)."""
+    lm_lr: float = 1e-3
+    """Peak learning rate of each backbone phase."""
+    algo: str = "ppo"
+    """RL algorithm: ppo, a2c, recurrent_ppo, maskable_ppo."""
+    rl_timesteps: int = 16_384
+    """Env steps (chunks) per controller phase."""
+    num_envs: int = 16
+    """Sub-environments of the controller phase's vector env."""
+    n_steps: int = 64
+    """Rollout steps per sub-env per PPO update."""
+    rl_lr: float = 3e-4
+    """Learning rate of the controller."""
+    seq_len: int = 16_384
+    """Tokens per RL training episode."""
+    train_streams: int = 64
+    """Fixed set of training streams (their backbone features are cached after first use)."""
+    chunk_size: int = 256
+    """Tokens per chunk (env step)."""
+    wm_slots: int = 8
+    """Working-memory slots."""
+    eval_lengths: str = "16K,100K"
+    """Benchmark lengths (K = 1024)."""
+    eval_seeds: int = 3
+    """Benchmark seeds (the confidence interval is over them)."""
+    eval_controllers: str = ",".join(c for c in CONTROLLER_NAMES)
+    """Heuristics the learned controller is compared with."""
+    seed: int = 0
+    """Seed of everything (backbone phases, PPO, env streams)."""
+    threads: int = 1
+    """torch threads (one is fastest for the memory's tiny ops on a CPU)."""
+    out_dir: str = "runs/train_rl"
+    """Checkpoints (round_<r>/backbone, round_<r>/controller, state.json), TensorBoard (tb/) and the benchmark."""
+    resume: bool = False
+    """Continue after the last completed round in out_dir."""
+    progress: bool = True
+    """Progress bars."""
+
+    def __post_init__(self) -> None:
+        if self.env_id not in ENV_SPECS:
+            raise ValueError(f"--env-id must be one of {list(ENV_SPECS)}, got {self.env_id!r}")
+        if self.algo not in ALGORITHMS:
+            raise ValueError(f"--algo must be one of {list(ALGORITHMS)}, got {self.algo!r}")
+        for name in ("rounds", "rl_timesteps", "num_envs", "n_steps", "seq_len", "train_streams", "chunk_size",
+                     "wm_slots", "eval_seeds", "threads"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be an int >= 1, got {getattr(self, name)!r}")
+        if self.lm_steps < 0 or not self.lm_lr > 0 or not self.rl_lr > 0:
+            raise ValueError("--lm-steps must be >= 0 and --lm-lr, --rl-lr > 0")
+        if self.teacher not in CONTROLLER_NAMES:
+            raise ValueError(f"--teacher must be one of {CONTROLLER_NAMES}, got {self.teacher!r}")
+        if self.task == "text":
+            raise ValueError("train_rl.py needs a task with answers; AHMMemory-Text-v0 has none")
+
+    @property
+    def task(self) -> str:
+        return ENV_SPECS[self.env_id].task
+
+
+def _initial_backbone(cfg: TrainRLConfig) -> AHMModel | None:
+    if cfg.backbone == "fresh":
+        return None  # train() builds one from lm_cfg
+    path = shipped_backbone_path(cfg.task) if cfg.backbone == "shipped" else Path(cfg.backbone)
+    if path is None:
+        raise FileNotFoundError(f"no shipped backbone for task {cfg.task!r}; use --backbone fresh or a checkpoint")
+    model, _ = load_ahm_checkpoint(path)
+    return model.train().requires_grad_(True)
+
+
+def _lm_config(rl: TrainRLConfig, round_dir: Path, model: AHMModel | None) -> TrainLMConfig:
+    """The backbone phase's config: the task's streams, and the shape of the model it continues."""
+    shape: dict[str, Any] = {"chunk_size": rl.chunk_size}
+    if model is not None:  # the phase must describe the model it continues
+        c = model.config
+        shape = dict(d_model=c.backbone.d_model, n_layer=c.backbone.n_layer, d_state=c.backbone.d_state,
+                     key_dim=c.key_dim, value_dim=c.value_dim or 0, ltm_capacity=c.ltm_capacity,
+                     ltm_codec=c.ltm_codec, integration=c.integration, chunk_size=c.chunk_size)
+    return TrainLMConfig(source="tasks", tasks=rl.task, lengths=rl.lm_lengths, curriculum="mixed",
+                         controller=rl.teacher, window=max(int(x) for x in rl.lm_lengths.split(",")),
+                         wm_slots=rl.wm_slots, lr=rl.lm_lr, lm_weight=0.2, max_steps=max(rl.lm_steps, 1),
+                         seed=rl.seed, threads=rl.threads, out_dir=str(round_dir / "lm"), checkpoint_every=10**9,
+                         progress=rl.progress, **shape)
+
+
+def run_alternation(cfg: TrainRLConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the rounds and the final benchmark (module doc); returns timings, paths and the benchmark rows."""
+    torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out_dir)
+    start = time.perf_counter()
+    first_round, model, sb3_model = 0, None, None
+    if cfg.resume:
+        try:
+            state = json.loads((out / STATE).read_text())
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"--resume: no {STATE} in {str(out)!r}; start without --resume") from err
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--resume: {out / STATE} is corrupted ({err})") from err
+        done = int(state["completed_rounds"])
+        last = out / f"round_{done - 1}"
+        model, _ = load_ahm_checkpoint(last / "backbone")
+        model.train().requires_grad_(True)
+        sb3_model = load_controller(last / "controller", num_envs=cfg.num_envs).model
+        first_round = done
+        log(f"resumed after round {done - 1} from {out}")
+    else:
+        model = _initial_backbone(cfg)
+    timings: list[dict[str, float]] = []
+    for r in range(first_round, cfg.rounds):
+        round_dir = out / f"round_{r}"
+        # ---- backbone phase: supervised, memory ops from the current controller
+        t0 = time.perf_counter()
+        lm_cfg = _lm_config(cfg, round_dir, model)
+        teacher: Controller = make_controller(cfg.teacher) if sb3_model is None else SB3Controller(sb3_model)
+        if cfg.lm_steps > 0:
+            result = train(lm_cfg, log=log, controller=teacher, model=model)
+            model = result.model
+            log(f"round {r} backbone phase: {result.steps} steps, loss {result.losses[0]:.3f} -> "
+                f"{result.losses[-1]:.3f}, controller {teacher.name!r}")
+        if model is None:  # --backbone fresh with --lm-steps 0
+            raise ValueError("--backbone fresh needs --lm-steps > 0")
+        t1 = time.perf_counter()
+        # ---- controller phase: RL on the env with the backbone frozen
+        frozen = copy.deepcopy(model).eval().requires_grad_(False)
+        rl_cfg = ControllerTrainConfig(
+            algo=cfg.algo, env_id=cfg.env_id, num_envs=cfg.num_envs, total_timesteps=cfg.rl_timesteps,
+            n_steps=cfg.n_steps, batch_size=min(256, cfg.n_steps * cfg.num_envs), learning_rate=cfg.rl_lr,
+            seed=cfg.seed + r, tensorboard_log=str(out / "tb"),
+            env_kwargs={"backbone": frozen, "seq_len": cfg.seq_len, "chunk_size": cfg.chunk_size,
+                        "wm_slots": cfg.wm_slots,
+                        "stream_seeds": [cfg.seed * 1_000_003 + i for i in range(cfg.train_streams)]})
+        sb3_model = train_controller(rl_cfg, model=sb3_model)
+        t2 = time.perf_counter()
+        # ---- checkpoint: backbone and controller, then the state that names the round (atomic, last)
+        save_ahm_checkpoint(round_dir / "backbone", model, extra={"round": r, "train_rl_config": asdict(cfg)})
+        save_controller(round_dir / "controller", sb3_model,
+                        {"env_id": cfg.env_id, "env_kwargs": {"seq_len": cfg.seq_len, "chunk_size": cfg.chunk_size,
+                                                              "wm_slots": cfg.wm_slots,
+                                                              "backbone": str(round_dir / "backbone")}})
+        atomic_write_bytes(out / STATE, json.dumps({"completed_rounds": r + 1, "config": asdict(cfg)}).encode())
+        timings.append({"round": r, "backbone_s": round(t1 - t0, 1), "controller_s": round(t2 - t1, 1)})
+        log(f"round {r}: backbone phase {t1 - t0:.0f}s, controller phase {t2 - t1:.0f}s ({cfg.rl_timesteps} steps); "
+            f"checkpoint {round_dir}/")
+    final = out / f"round_{cfg.rounds - 1}"
+    learned = load_controller(final / "controller", name=f"{cfg.algo} (learned)")
+    bench = BenchmarkConfig(tasks=cfg.env_id, lengths=cfg.eval_lengths,
+                            controllers=[learned, *[c.strip() for c in cfg.eval_controllers.split(",") if c.strip()]],
+                            seeds=cfg.eval_seeds, chunk_size=cfg.chunk_size, backbone=str(final / "backbone"),
+                            out_dir=str(out / "benchmark"), threads=cfg.threads)
+    rows = run_benchmark(bench, log=None)
+    table = benchmark_table(rows)
+    log(f"\ncontroller benchmark ({cfg.env_id}, backbone {final / 'backbone'}, {cfg.eval_seeds} seeds):\n")
+    log(table)
+    total = time.perf_counter() - start
+    log(f"\ntrain_rl.py finished in {total:.0f}s; checkpoints in {out}/, TensorBoard in {out / 'tb'}/")
+    return {"seconds": total, "rounds": timings, "rows": rows, "table": table}
