@@ -345,32 +345,38 @@ class WindowLoss(nn.Module):
         width = tokens.shape[1]
         for i, s in enumerate(range(0, width, c)):
             chunk = tokens[:, s : s + c]
-            out = model.process_chunk(chunk, state, controllers[i])
-            state = out.state
             follow = tokens[:, s + c] if s + c < width else next_token
-            logits = out.logits.float()
-            lm_sum = lm_sum + F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), chunk[:, 1:].reshape(-1),
-                                              reduction="sum")
-            lm_count += chunk.shape[0] * (chunk.shape[1] - 1)
-            has_next = follow >= 0
-            if bool(has_next.any()):
-                lm_sum = lm_sum + F.cross_entropy(logits[has_next, -1], follow[has_next], reduction="sum")
-                lm_count += int(has_next.sum())
+            if self.lm_weight > 0:
+                out = model.process_chunk(chunk, state, controllers[i])
+                state, hidden, o = out.state, out.features.hidden, out.ops
+                logits = out.logits.float()
+                lm_sum = lm_sum + F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                                                  chunk[:, 1:].reshape(-1), reduction="sum")
+                lm_count += chunk.shape[0] * (chunk.shape[1] - 1)
+                has_next = follow >= 0
+                if bool(has_next.any()):
+                    lm_sum = lm_sum + F.cross_entropy(logits[has_next, -1], follow[has_next], reduction="sum")
+                    lm_count += int(has_next.sum())
+            else:  # no next-token loss: skip the (b, C, V) logits, the costly part at large vocabularies
+                features, backbone = model.chunk_features(chunk, state.backbone, model.input_offset(state.retrieved))
+                step = model.memory_step(features.boundary, state.memory, controllers[i])
+                state, hidden, o = AHMState(backbone, state.memory, step.retrieved), features.hidden, step.ops
             if answer_targets is not None:
                 target = answer_targets[:, i]
                 scored = target >= 0
                 if bool(scored.any()):
-                    answer = model.readout(out.features.hidden[scored, -1:], state.retrieved[scored])[:, 0].float()
+                    answer = model.readout(hidden[scored, -1:], state.retrieved[scored])[:, 0].float()
                     ans_sum = ans_sum + F.cross_entropy(answer, target[scored], reduction="sum")
                     answers = answers + int(scored.sum())
                     correct = correct + int((answer.argmax(-1) == target[scored]).sum())
-            o = out.ops
             ops += torch.stack([(o.write_slot >= 0).sum(), ((o.write_slot >= 0) & (o.evict_to_ltm == 1)).sum(),
                                 ((o.retrieve == 1) | (o.retrieve == 3)).sum(), (o.retrieve >= 2).sum(),
                                 (o.forget_slot >= 0).sum() + (o.ltm_forget > 0).sum()]).cpu()
         lm_loss = lm_sum / max(lm_count, 1)
         answer_loss = ans_sum / answers.clamp(min=1)
         loss = self.lm_weight * lm_loss + self.answer_weight * answer_loss
+        if not loss.requires_grad:  # no term in this window (no answer, no LM loss): a zero that keeps the graph,
+            loss = loss + 0.0 * sum(p.sum() for p in model.parameters())  # so backward (and DDP) still run
         return WindowOutput(loss, lm_loss.detach(), answer_loss.detach(), answers, correct, ops), state
 
 
