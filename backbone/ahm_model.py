@@ -563,6 +563,9 @@ class AHMModel(nn.Module):
         self.value_proj = nn.Linear(d, dv, bias=False)
         self.write_attention = nn.Linear(d, 1, bias=False)  # scores of the chunk's positions for the write
         nn.init.zeros_(self.write_attention.weight)
+        # Recency prior of the write: scores fall by softplus(rho) per token before the boundary, where facts end
+        # (the task streams' chunk contract). Init 0.1 per token: the last ~10 tokens hold most of the weight.
+        self.write_recency = nn.Parameter(torch.tensor(math.log(math.expm1(0.1))))
         self.log_inv_temperature = nn.Parameter(torch.tensor(math.log(config.init_inv_temperature)))
         self.key_codec = make_codec(config.ltm_codec, dk, config.codec_options)
         self.value_codec = make_codec(config.ltm_codec, dv, config.codec_options)
@@ -592,8 +595,9 @@ class AHMModel(nn.Module):
         """hidden (b, l, D) of a chunk and the backbone state after it -> :class:`BoundaryFeatures`.
 
         The write candidate (key, value) is read from the chunk's hidden states by a learnt
-        attention over its positions, ``pooled = sum_i softmax_i(w . h_i) h_i`` (``write_attention``,
-        zero at init: the chunk's mean); the query and the state features come from the last
+        attention over its positions, ``pooled = sum_i softmax_i(w . h_i - lambda d_i) h_i`` with d_i the
+        distance of position i from the boundary and ``lambda = softplus(write_recency)`` (``w`` zero and
+        lambda 0.1 at init: a recency-weighted mean); the query and the state features come from the last
         position. Why pooled: a fact's tokens end at the boundary, but the token to recall (a
         passkey's first digit) lies a few positions before it, and a small SSM's last hidden state
         keeps it only if trained to; with the last hidden state alone the answer path of a
@@ -603,7 +607,9 @@ class AHMModel(nn.Module):
         last_hidden = hidden[:, -1]
         ssm = [layer.ssm.detach().float().pow(2).mean(1).sqrt() for layer in state.layers]  # L x (b, N)
         features = torch.cat([last_hidden.detach().float(), *ssm], dim=-1)  # (b, F)
-        weights = torch.softmax(self.write_attention(hidden).squeeze(-1).float(), dim=-1)  # (b, l)
+        distance = torch.arange(hidden.shape[1] - 1, -1, -1, device=hidden.device, dtype=torch.float32)  # (l,)
+        scores = self.write_attention(hidden).squeeze(-1).float() - F.softplus(self.write_recency) * distance
+        weights = torch.softmax(scores, dim=-1)  # (b, l)
         pooled = torch.einsum("bl,bld->bd", weights.to(hidden.dtype), hidden)  # (b, D)
         return BoundaryFeatures(
             features,
