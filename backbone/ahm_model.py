@@ -47,8 +47,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -58,6 +59,9 @@ from .config import MambaConfig, dataclass_from_dict
 from .long_term_memory import EVICTION_RULES, SEARCH_MODES, LongTermMemory, LTMConfig, LTMHits
 from .mamba import MambaBackbone, MambaState
 from .working_memory import READ_MODES, WorkingMemory
+
+if TYPE_CHECKING:
+    from .memory_fast import MemoryFastPath
 
 __all__ = [
     "RETRIEVE_NONE", "RETRIEVE_WM", "RETRIEVE_LTM", "RETRIEVE_BOTH",
@@ -237,6 +241,17 @@ class HierarchicalMemory:
         self.config, self.batch = config, batch
         self.wm = WorkingMemory(batch, config.wm_slots, config.key_dim, config.value_dim, device=device)
         self.ltm = LongTermMemory(batch, config.ltm, key_codec, value_codec, device=device)
+        self._fast: MemoryFastPath | bool | None = None  # None: not looked at yet; False: does not qualify
+
+    @property
+    def fast(self) -> MemoryFastPath | None:
+        """The no-grad fast path over this memory's tensors (:mod:`ahm.backbone.memory_fast`), or None where the
+        memory does not qualify (:func:`~ahm.backbone.memory_fast.fast_path_unsupported`)."""
+        if self._fast is None:
+            from .memory_fast import MemoryFastPath, fast_path_unsupported  # numba: imported on first use
+
+            self._fast = MemoryFastPath(self) if fast_path_unsupported(self) is None else False
+        return self._fast or None
 
     @property
     def device(self) -> torch.device:
@@ -307,7 +322,7 @@ class HierarchicalMemory:
         return self.ltm.search(query.detach()[:, None, :], k)
 
     def apply(self, ops: MemoryOps, key: Tensor, value: Tensor, query: Tensor, ltm_hits: Tensor | None = None,
-              read_k: int = 4, inv_temperature: float | Tensor = 1.0) -> MemoryReadout:
+              read_k: int = 4, inv_temperature: float | Tensor = 1.0, fast: bool | None = None) -> MemoryReadout:
         """Apply one chunk's operations (module doc, step 5) and return what was read.
 
         Args:
@@ -316,7 +331,36 @@ class HierarchicalMemory:
             ltm_hits: (b, k) LTM slots from :meth:`search_ltm` on the memory as it is now
                 (reused to avoid a second search); None searches the top ``read_k``.
             inv_temperature: scale of the similarities in ``soft`` reads.
+            fast: run the compiled no-grad path (:mod:`ahm.backbone.memory_fast`; nothing it returns carries
+                gradients); None (default) runs it when ``torch.is_grad_enabled()`` is False and the memory
+                qualifies, else the differentiable reference :meth:`_apply_ref`.
         """
+        if fast is None:
+            fast = not torch.is_grad_enabled() and self.fast is not None
+        if not fast:
+            return self._apply_ref(ops, key, value, query, ltm_hits, read_k, inv_temperature)
+        path = self.fast
+        if path is None:
+            from .memory_fast import fast_path_unsupported
+
+            raise ValueError(f"HierarchicalMemory.apply(fast=True): {fast_path_unsupported(self)}; pass fast=False")
+        if not isinstance(ops, MemoryOps) or any(not isinstance(t, Tensor) or t.dtype != torch.int64
+                                                 or t.shape != (self.batch,) for t in ops):
+            self.validate(ops)  # raises with the reason
+        if ltm_hits is None:
+            ltm_hits = self.search_ltm(query, read_k).indices[:, 0]
+        plain = lambda t: t.detach().float().numpy()
+        out = path.apply(*(t.numpy() for t in ops), plain(key), plain(value), plain(query), ltm_hits.numpy(),
+                         float(inv_temperature))
+        if out is None:
+            self.validate(ops)  # raises with the reason
+            raise AssertionError("memory_fast refused operations that HierarchicalMemory.validate accepts")
+        t = torch.from_numpy
+        return MemoryReadout(t(out.wm), t(out.ltm), t(out.wm_weights), t(out.ltm_weights), t(out.ltm_indices))
+
+    def _apply_ref(self, ops: MemoryOps, key: Tensor, value: Tensor, query: Tensor, ltm_hits: Tensor | None = None,
+                   read_k: int = 4, inv_temperature: float | Tensor = 1.0) -> MemoryReadout:
+        """The differentiable reference of :meth:`apply` (torch ops; what training runs, with gradients)."""
         self.validate(ops)
         mode = self.config.read_mode
         want_wm = (ops.retrieve == RETRIEVE_WM) | (ops.retrieve == RETRIEVE_BOTH)
@@ -619,8 +663,36 @@ class AHMModel(nn.Module):
         )
 
     @torch.no_grad()
-    def observe(self, boundary: BoundaryFeatures, memory: HierarchicalMemory) -> tuple[MemoryObservation, LTMHits]:
-        """The observation of the memory before this chunk's ops, and the LTM hits it searched (b, 1, k)."""
+    def observe(self, boundary: BoundaryFeatures, memory: HierarchicalMemory,
+                fast: bool | None = None) -> tuple[MemoryObservation, LTMHits]:
+        """The observation of the memory before this chunk's ops, and the LTM hits it searched (b, 1, k).
+
+        ``fast``: the compiled path (:mod:`ahm.backbone.memory_fast`); None uses it where the memory qualifies.
+        :meth:`_observe_ref` is the reference.
+        """
+        path = memory.fast if fast is None or fast else None
+        if path is None:
+            if fast:
+                raise ValueError("AHMModel.observe(fast=True): the memory does not qualify for the fast path")
+            return self._observe_ref(boundary, memory)
+        c = self.config
+        k = max(c.obs_topk, c.ltm_read_k)
+        o = path.observe(boundary.query.detach().float().numpy(), k)
+        t = torch.from_numpy
+        scores = o.hit_scores[:, : c.obs_topk]
+        obs = MemoryObservation(
+            ssm_features=boundary.ssm_features.float(),
+            wm_occupied=t(o.wm_occupied.astype(np.float32)),
+            wm_age=t(o.wm_age.astype(np.float32)),
+            wm_uses=t(o.wm_uses.astype(np.float32)),
+            wm_similarity=t(o.wm_similarity),
+            ltm_fill=t(o.ltm_count.astype(np.float32) / np.float32(memory.ltm.capacity)),
+            ltm_topk_similarity=t(np.where(np.isinf(scores), np.float32(0.0), scores)),
+        )
+        return obs, LTMHits(t(o.hit_scores[:, None, :]), t(o.hit_indices[:, None, :]))
+
+    def _observe_ref(self, boundary: BoundaryFeatures, memory: HierarchicalMemory) -> tuple[MemoryObservation, LTMHits]:
+        """The torch reference of :meth:`observe`."""
         c = self.config
         query = boundary.query.detach()
         hits = memory.search_ltm(query, max(c.obs_topk, c.ltm_read_k))

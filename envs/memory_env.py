@@ -45,7 +45,7 @@ from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import gymnasium as gym
 import numpy as np
@@ -67,11 +67,15 @@ from ahm.backbone import (
     MambaConfig,
     MemoryObservation,
     MemoryOps,
+    MemoryReadout,
 )
 from ahm.backbone.checkpoint import atomic_write_bytes
 from ahm.backbone.mamba import LayerState, MambaState
 from ahm.envs.streams import FACT_KINDS, TaskStream, make_task
 from ahm.rewards import RewardFunction, RewardTerm, RewardWeights, StepContext
+
+if TYPE_CHECKING:
+    from ahm.backbone.memory_fast import MemoryFastPath
 
 __all__ = [
     "AHMMemoryEnv", "AHMMemoryConfig", "EpisodeBatch", "MemoryOpsSpace", "ACTION_COMPONENTS", "OBSERVATION_KEYS",
@@ -572,12 +576,51 @@ class EpisodeBatch:
             return self._features[self._rows_t, torch.from_numpy(self.t).to(self.device)]
         return self._features
 
+    use_fast_path: bool = True
+    """Step the memory through :mod:`ahm.backbone.memory_fast` (compiled, no torch ops) where the memory qualifies;
+    False runs the torch reference (:meth:`_observe_ref`, :meth:`_step_ref`), which the tests compare it with."""
+
+    def _fast(self) -> MemoryFastPath | None:
+        return self.memory.fast if self.use_fast_path else None
+
     @torch.no_grad()
     def observe(self) -> dict[str, np.ndarray]:
         """The observation of every row's current chunk (memory before its operations); also sets :attr:`masks`."""
+        path = self._fast()
+        if path is None:
+            return self._observe_ref()
+        features = self._features.numpy()
+        packed = features[self._rows, self.t] if self.integration == "readout" else features.copy()  # (b, W)
+        self._packed_np = packed
+        self._packed_now = torch.from_numpy(packed)
+        s, c = self._splits, self.model.config
+        o = path.observe(packed[:, s[3] : s[4]], max(c.obs_topk, self._read_k))
+        self._fast_obs = o
+        self._hits = o.hit_indices[:, : self._read_k]
+        self.masks = o.masks
+        self._wm_occupied = o.wm_occupied
+        n, one = np.float32(self.n_chunks), np.float32(1.0)
+        uses = o.wm_uses.astype(np.float32)
+        topk = o.hit_scores[:, : c.obs_topk]
+        # As observation_arrays(model.observe(...)) computes them (tests/test_memory_fast.py compares the two).
+        self.observation = {
+            "ssm_features": np.tanh(packed[:, : s[1]]),
+            "wm_occupied": o.wm_occupied.astype(np.float32),
+            "wm_age": np.minimum(o.wm_age.astype(np.float32) / n, one),
+            "wm_uses": uses / (one + uses),
+            "wm_similarity": np.clip(o.wm_similarity, -1.0, 1.0),
+            "ltm_fill": np.clip(o.ltm_count.astype(np.float32) / np.float32(path.capacity), 0.0, 1.0)[:, None],
+            "ltm_topk_similarity": np.clip(np.where(np.isinf(topk), np.float32(0.0), topk), -1.0, 1.0),
+            "progress": np.minimum((self.t + 1) / n, 1.0).astype(np.float32)[:, None],
+        }
+        return self.observation
+
+    @torch.no_grad()
+    def _observe_ref(self) -> dict[str, np.ndarray]:
+        """The reference of :meth:`observe`: ``AHMModel.observe`` and ``observation_arrays`` in torch."""
         self._packed_now = self._current()
         boundary, _ = self._unpack(self._packed_now)
-        obs, hits = self.model.observe(boundary, self.memory)
+        obs, hits = self.model.observe(boundary, self.memory, fast=False)
         self._hits = hits.indices[:, 0, : self._read_k]
         self.masks = torch.cat(list(self.memory.op_masks()), dim=1).cpu().numpy()
         self.observation = self._observation_arrays(obs)
@@ -598,6 +641,9 @@ class EpisodeBatch:
             if not (np.issubdtype(a.dtype, np.floating) and np.all(a == np.round(a))):
                 raise ValueError(f"actions must be integers (MultiDiscrete), got dtype {a.dtype} values {a.tolist()}")
         a = a.astype(np.int64)
+        # All components at once; the loop below runs only to name the first invalid one.
+        if ((a >= 0) & (a < self.nvec)).all() and self.masks[self._rows[:, None], self._mask_offsets + a].all():
+            return a
         for j, name in enumerate(ACTION_COMPONENTS):
             bad = (a[:, j] < 0) | (a[:, j] >= self.nvec[j])
             if bad.any():
@@ -638,22 +684,36 @@ class EpisodeBatch:
                                "or were never started; call reset() first")
         a = self.check_actions(actions)
         write, evict, retrieve, forget, ltm_forget = a[:, 0] - 1, a[:, 1], a[:, 2], a[:, 3] - 1, a[:, 4]
-        ops = MemoryOps(*(torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
-                          for x in (write, evict, retrieve, forget, ltm_forget)))
         t, rows = self.t, self._rows
-        # Which WM entry the write displaces (after this step's forget, as HierarchicalMemory.apply orders them).
-        occupied = self._wm_occupied.copy()
-        forgets = forget >= 0
-        occupied[rows[forgets], forget[forgets]] = False
-        writes = write >= 0
-        displaced = writes & occupied[rows, np.maximum(write, 0)]
-        moved = displaced & (evict == 1)
+        forgets, writes = forget >= 0, write >= 0
         moved_origin = self._wm_origin[rows, np.maximum(write, 0)]
-
-        boundary, last_hidden = self._unpack(self._packed_now)
-        read = self.memory.apply(ops, boundary.key, boundary.value, boundary.query, self._hits, self._read_k,
-                                 self._inv_temperature)
-        retrieved = read.vector()
+        path = self._fast()
+        if path is not None:  # the compiled step; the else branch is its torch reference
+            s = self._splits
+            packed = self._packed_np
+            read = path.apply(write, evict, retrieve, forget, ltm_forget, packed[:, s[1] : s[2]],
+                              packed[:, s[2] : s[3]], packed[:, s[3] : s[4]], self._hits, float(self._inv_temperature))
+            if read is None:
+                raise AssertionError("memory_fast refused actions that check_actions accepted")
+            displaced, moved_slot = read.displaced, read.moved_slot
+            moved = moved_slot >= 0
+            retrieved_np = np.concatenate([read.wm, read.ltm], axis=1)  # (b, 2 dv)
+            retrieved = torch.from_numpy(retrieved_np)
+            last_hidden = self._packed_now[:, s[4] :]
+            if self.record:  # the renderer reads torch tensors
+                read = MemoryReadout(*(torch.from_numpy(x) for x in read[:5]))
+        else:
+            # Which WM entry the write displaces (after this step's forget, as HierarchicalMemory.apply orders them).
+            occupied = self._wm_occupied.copy()
+            occupied[rows[forgets], forget[forgets]] = False
+            displaced = writes & occupied[rows, np.maximum(write, 0)]
+            moved = displaced & (evict == 1)
+            ops = MemoryOps(*(torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
+                              for x in (write, evict, retrieve, forget, ltm_forget)))
+            boundary, last_hidden = self._unpack(self._packed_now)
+            read = self.memory.apply(ops, boundary.key, boundary.value, boundary.query, self._hits, self._read_k,
+                                     self._inv_temperature, fast=False)
+            retrieved = read.vector()
 
         # Score the answer at the boundary, from h_last and r_t (module doc, step 3).
         target = self._ann["target"][rows, t]
@@ -674,11 +734,14 @@ class EpisodeBatch:
         self._wm_origin[rows[forgets], forget[forgets]] = -1
         if moved.any():
             mrows = np.nonzero(moved)[0]
-            mt = torch.from_numpy(mrows).to(self.device)
-            ltm = self.memory.ltm
-            clock = torch.from_numpy(self.steps[mrows]).to(self.device)[:, None]  # the LTM clock of this step
-            fresh = (ltm.write_step[mt] == clock) & ltm.occupied[mt]
-            self._ltm_origin[mrows, fresh.to(torch.uint8).argmax(1).cpu().numpy()] = moved_origin[mrows]
+            if path is None:  # the slot the entry went to: the one the LTM wrote at this step's clock
+                mt = torch.from_numpy(mrows).to(self.device)
+                ltm = self.memory.ltm
+                clock = torch.from_numpy(self.steps[mrows]).to(self.device)[:, None]  # the LTM clock of this step
+                fresh = (ltm.write_step[mt] == clock) & ltm.occupied[mt]
+                moved_slot = np.full(self.batch, -1, dtype=np.int64)
+                moved_slot[mrows] = fresh.to(torch.uint8).argmax(1).cpu().numpy()
+            self._ltm_origin[mrows, moved_slot[mrows]] = moved_origin[mrows]
         self._wm_origin[rows[writes], write[writes]] = t[writes]
         ltm_forgets = ltm_forget > 0
         counts = np.stack([writes, moved, displaced & ~moved, (retrieve == RETRIEVE_WM) | (retrieve == RETRIEVE_BOTH),
@@ -687,7 +750,7 @@ class EpisodeBatch:
         self._answered += scored
         self._correct += correct
 
-        nbytes = self.memory.nbytes().cpu().numpy()
+        nbytes = path.nbytes() if path is not None else self.memory.nbytes().cpu().numpy()
         ctx = StepContext(scored=scored, correct=correct, loss=loss, loss_without_retrieval=loss0, entropy=entropy,
                           entropy_without_retrieval=entropy0, fact_read_weight=fact_weight, n_targets=self._n_targets,
                           n_ops=counts.sum(1), memory_bytes=nbytes, episode_steps=self._episode_steps())
@@ -730,10 +793,11 @@ class EpisodeBatch:
     def _fact_read_weight(self, read: Any, t: np.ndarray) -> np.ndarray:
         """(b,) read weight on entries written at the chunk of the target's fact (origins as before this step)."""
         fact_chunk = self._ann["target_fact_chunk"][self._rows, t][:, None]  # (b, 1), -1 none
-        wm = (read.wm_weights.cpu().numpy() * (self._wm_origin == fact_chunk)).sum(1)
-        idx = read.ltm_indices.cpu().numpy()
+        host = lambda x: x.cpu().numpy() if isinstance(x, Tensor) else x  # a MemoryReadout or a FastReadout
+        wm = (host(read.wm_weights) * (self._wm_origin == fact_chunk)).sum(1)
+        idx = host(read.ltm_indices)
         origin = np.where(idx >= 0, self._ltm_origin[self._rows[:, None], np.maximum(idx, 0)], -1)
-        ltm = (read.ltm_weights.cpu().numpy() * (origin == fact_chunk)).sum(1)
+        ltm = (host(read.ltm_weights) * (origin == fact_chunk)).sum(1)
         return np.where(fact_chunk[:, 0] >= 0, wm + ltm, 0.0)
 
     def _episode_steps(self) -> np.ndarray:
