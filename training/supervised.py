@@ -516,7 +516,7 @@ def train(cfg: TrainLMConfig, log: Callable[[str], None] = print, controller: Co
         if curriculum is not None and state.get("curriculum"):
             curriculum.load_state(state["curriculum"])
         _restore_lr(opt, schedule, step)
-        log(f"resumed from {out_dir} at step {step}")
+        log(f"{'loaded' if cfg.eval else 'resumed from'} {out_dir} at step {step}")
     if cfg.eval:
         return TrainResult(step, seconds, 0.0, losses, evaluate(model, cfg, source, controller, log), model)
 
