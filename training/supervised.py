@@ -522,7 +522,8 @@ def train(cfg: TrainLMConfig, log: Callable[[str], None] = print, controller: Co
 
     n_params = sum(p.numel() for p in model.parameters())
     if rank == 0:
-        log(f"{cfg.source}: model {n_params:,} parameters, controller {cfg.controller!r}, world size {world}")
+        name = getattr(controller, "name", cfg.controller)
+        log(f"{cfg.source}: model {n_params:,} parameters, controller {name!r}, world size {world}")
     loss_module: nn.Module = WindowLoss(model, cfg.lm_weight, cfg.answer_weight)
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
