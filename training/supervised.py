@@ -584,7 +584,7 @@ def train(cfg: TrainLMConfig, log: Callable[[str], None] = print, controller: Co
                     writer.add_scalar("train/answer_loss", float(out.answer_loss), step)
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{float(out.loss):.3f}", len=length)
+                bar.set_postfix(loss=f"{float(out.loss.detach()):.3f}", len=length)
             if step >= cfg.max_steps or (cfg.minutes and elapsed > cfg.minutes * 60):
                 stop = True
                 break
