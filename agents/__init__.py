@@ -30,11 +30,14 @@ HEURISTICS: dict[str, str] = {
     "surprise": "ahm.agents.heuristics:SurpriseController",
     "dedupe": "ahm.agents.heuristics:DedupeController",
     "oracle": "ahm.agents.heuristics:OracleController",
+    "teacher": "ahm.agents.heuristics:TeacherController",
 }
 """Controller name -> ``module:Class``. ``none`` never touches memory (the backbone alone); ``oracle``
-reads ground truth from ``info`` (an upper bound, not a policy an agent could learn from observations)."""
+reads ground truth from ``info`` (an upper bound, not a policy an agent could learn from observations);
+``teacher`` is the oracle plus random distractor writes, for the supervised phase only."""
 
-CONTROLLER_NAMES = tuple(HEURISTICS)
+CONTROLLER_NAMES = tuple(n for n in HEURISTICS if n != "teacher")
+"""The controllers a benchmark compares by default (every entry of :data:`HEURISTICS` but the training teacher)."""
 
 __all__ = ["Controller", "FunctionController", "as_controller", "batch_info", "batch_observation", "unbatch_action",
            "HEURISTICS", "CONTROLLER_NAMES", "make_controller"]

@@ -450,3 +450,48 @@ class OracleController:
         for r in np.nonzero(query >= 0)[0]:
             self.asked[r].add(int(query[r]))
         return conform_to_mask(out, action_mask)
+
+
+class TeacherController(OracleController):
+    """**Reads ground truth**: the oracle plus distractor writes, a teacher for the supervised phase.
+
+    With the oracle alone the working memory holds only the facts that will be asked, so a
+    backbone trained under it never has to pick the right entry by its key: a read returns
+    the one entry there is. The teacher also writes each non-fact chunk with probability
+    ``distractor_rate`` (its own generator, re-seeded by :meth:`reset`) into a slot that holds
+    no target fact (a free one first, else the oldest such slot; none if every slot holds a
+    target), so that at a query the read must select the queried entry among distractors.
+    Displaced entries move to LTM. Retrieval is the oracle's. Not a benchmark controller.
+    """
+
+    name = "teacher"
+
+    def __init__(self, distractor_rate: float = 0.5, seed: int = 0) -> None:
+        super().__init__()
+        if not 0.0 <= distractor_rate <= 1.0:
+            raise ValueError(f"distractor_rate must lie in [0, 1], got {distractor_rate!r}")
+        self.distractor_rate, self.seed = float(distractor_rate), seed
+        self.rng = np.random.default_rng(seed)
+
+    def reset(self, num_envs: int) -> None:
+        super().reset(num_envs)
+        self.rng = np.random.default_rng(self.seed)
+
+    def act(self, observation: Mapping[str, np.ndarray], action_mask: np.ndarray | None = None,
+            info: Mapping[str, Any] | None = None, episode_start: np.ndarray | None = None) -> np.ndarray:
+        out = super().act(observation, action_mask, info, episode_start)
+        gt = info["ground_truth"]  # present: the oracle checked
+        b, k = _size(observation)
+        masks = component_masks(action_mask, b, k)
+        occupied = np.asarray(observation["wm_occupied"]) > 0.5
+        holds_target = np.asarray(gt["wm_fact_id"]).reshape(b, k) >= 0
+        no_fact_here = np.asarray(gt["fact_id"]).reshape(b) < 0
+        distract = no_fact_here & (out[:, 0] == 0) & (self.rng.random(b) < self.distractor_rate)
+        # only slots without a target fact may take a distractor: mask the others out
+        allowed = masks[0].copy()
+        allowed[:, 1:] &= ~holds_target
+        priority = np.asarray(observation["wm_age"], dtype=np.float64)
+        slot = choose_write(occupied, priority, allowed, distract)
+        out[:, 0] = np.where(distract, slot, out[:, 0])
+        out[:, 1] = np.where(distract, evict_when_writing(out[:, 0], masks[1]), out[:, 1])
+        return conform_to_mask(out, action_mask)
