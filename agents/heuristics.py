@@ -457,11 +457,13 @@ class TeacherController(OracleController):
 
     With the oracle alone the working memory holds only the facts that will be asked, so a
     backbone trained under it never has to pick the right entry by its key: a read returns
-    the one entry there is. The teacher also writes each non-fact chunk with probability
-    ``distractor_rate`` (its own generator, re-seeded by :meth:`reset`) into a slot that holds
-    no target fact (a free one first, else the oldest such slot; none if every slot holds a
-    target), so that at a query the read must select the queried entry among distractors.
-    Displaced entries move to LTM. Retrieval is the oracle's. Not a benchmark controller.
+    the one entry there is, always from the WM. The teacher also writes each non-fact chunk
+    with probability ``distractor_rate`` (its own generator, re-seeded by :meth:`reset`) into
+    a free slot, else the oldest one, moving the displaced entry (a target fact too) to LTM;
+    at a query it reads both levels when both hold something (else the oracle's level). So
+    the read must select the queried entry among distractors, in the WM or, once the fact
+    was displaced, in the compressed LTM, as a write-everything policy will need at test
+    time. Not a benchmark controller.
     """
 
     name = "teacher"
@@ -484,14 +486,12 @@ class TeacherController(OracleController):
         b, k = _size(observation)
         masks = component_masks(action_mask, b, k)
         occupied = np.asarray(observation["wm_occupied"]) > 0.5
-        holds_target = np.asarray(gt["wm_fact_id"]).reshape(b, k) >= 0
         no_fact_here = np.asarray(gt["fact_id"]).reshape(b) < 0
         distract = no_fact_here & (out[:, 0] == 0) & (self.rng.random(b) < self.distractor_rate)
-        # only slots without a target fact may take a distractor: mask the others out
-        allowed = masks[0].copy()
-        allowed[:, 1:] &= ~holds_target
         priority = np.asarray(observation["wm_age"], dtype=np.float64)
-        slot = choose_write(occupied, priority, allowed, distract)
+        slot = choose_write(occupied, priority, masks[0], distract)
         out[:, 0] = np.where(distract, slot, out[:, 0])
         out[:, 1] = np.where(distract, evict_when_writing(out[:, 0], masks[1]), out[:, 1])
+        both = (out[:, 2] > 0) & masks[2][:, 3]
+        out[:, 2] = np.where(both, 3, out[:, 2])
         return conform_to_mask(out, action_mask)
