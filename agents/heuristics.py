@@ -468,7 +468,7 @@ class TeacherController(OracleController):
 
     name = "teacher"
 
-    def __init__(self, distractor_rate: float = 0.5, seed: int = 0) -> None:
+    def __init__(self, distractor_rate: float = 1.0, seed: int = 0) -> None:
         super().__init__()
         if not 0.0 <= distractor_rate <= 1.0:
             raise ValueError(f"distractor_rate must lie in [0, 1], got {distractor_rate!r}")
