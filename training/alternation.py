@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from ahm.agents import CONTROLLER_NAMES, Controller, make_controller
+from ahm.agents import CONTROLLER_NAMES, HEURISTICS, Controller, make_controller
 from ahm.agents.benchmark import BenchmarkConfig, benchmark_table, run_benchmark
 from ahm.agents.learned import (
     ALGORITHMS,
@@ -65,8 +65,9 @@ class TrainRLConfig:
     checkpoint directory (save_ahm_checkpoint)."""
     rounds: int = 2
     """Rounds of (backbone phase, controller phase)."""
-    teacher: str = "oracle"
-    """Controller of the first backbone phase, before one is learned (a heuristic name or 'oracle')."""
+    teacher: str = "teacher"
+    """Controller of the first backbone phase, before one is learned: 'teacher' (the oracle plus distractor writes,
+    ahm.agents.heuristics.TeacherController), 'oracle', or another heuristic."""
     lm_steps: int = 20
     """Supervised steps per backbone phase."""
     lm_lengths: str = "1024,2048,4096"
@@ -119,8 +120,8 @@ class TrainRLConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be an int >= 1, got {getattr(self, name)!r}")
         if self.lm_steps < 0 or not self.lm_lr > 0 or not self.rl_lr > 0:
             raise ValueError("--lm-steps must be >= 0 and --lm-lr, --rl-lr > 0")
-        if self.teacher not in CONTROLLER_NAMES:
-            raise ValueError(f"--teacher must be one of {CONTROLLER_NAMES}, got {self.teacher!r}")
+        if self.teacher not in HEURISTICS:
+            raise ValueError(f"--teacher must be one of {tuple(HEURISTICS)}, got {self.teacher!r}")
         if self.task == "text":
             raise ValueError("train_rl.py needs a task with answers; AHMMemory-Text-v0 has none")
 
