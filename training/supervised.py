@@ -543,6 +543,8 @@ def train(cfg: TrainLMConfig, log: Callable[[str], None] = print, controller: Co
         if batch.task is not None:
             actions, env_acc = controller_actions(model, batch, controller, cfg.wm_slots, cfg.ltm_capacity,
                                                   cfg.task_kwargs_dict())
+            if writer is not None:  # the env's own score of these episodes, before this batch's updates
+                writer.add_scalar(f"eval/env_accuracy_len{length}", float(env_acc.mean()), step)
         state_ = model.init_state(cfg.batch)
         bridge = None if actions is not None else ObservationBridge(
             controller, math.ceil(length / cfg.chunk_size), _flat_masks(state_.memory))
