@@ -15,13 +15,14 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 from .config import MambaConfig
 from .mamba import MambaLM
 
-__all__ = ["atomic_write_bytes", "save_lm_checkpoint", "load_lm_checkpoint"]
+__all__ = ["atomic_write_bytes", "atomic_save_tensors", "state_dict_for_saving", "save_lm_checkpoint",
+           "load_lm_checkpoint"]
 
 WEIGHTS = "model.safetensors"
 META = "checkpoint.json"
@@ -42,26 +43,32 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def _state_dict_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
-    # Tied weights share storage, which safetensors refuses: keep the first name only.
+def state_dict_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model.state_dict()`` on the CPU, contiguous, with tied weights once (the first name).
+
+    Tied weights share storage, which safetensors refuses; empty tensors all report data
+    pointer 0, so they are always kept.
+    """
     seen: set[int] = set()
     out = {}
     for name, tensor in model.state_dict().items():
         key = tensor.data_ptr()
-        if key in seen:
+        if key in seen and tensor.numel():
             continue
         seen.add(key)
         out[name] = tensor.detach().contiguous().cpu()
     return out
 
 
+def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Write ``tensors`` as a safetensors file at ``path``, atomically (:func:`atomic_write_bytes`)."""
+    atomic_write_bytes(Path(path), save(tensors))
+
+
 def save_lm_checkpoint(directory: str | Path, model: MambaLM, extra: dict[str, Any] | None = None) -> None:
     """Save ``model`` (weights + config) and ``extra`` JSON metadata into ``directory``."""
     directory = Path(directory)
-    with tempfile.TemporaryDirectory() as tmp:
-        weights_tmp = Path(tmp) / WEIGHTS
-        save_file(_state_dict_for_saving(model), str(weights_tmp))
-        atomic_write_bytes(directory / WEIGHTS, weights_tmp.read_bytes())
+    atomic_save_tensors(directory / WEIGHTS, state_dict_for_saving(model))
     meta = {"model": "MambaLM", "config": model.config.to_dict(), "extra": extra or {}}
     atomic_write_bytes(directory / META, json.dumps(meta, indent=1).encode())
 

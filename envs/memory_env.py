@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 from gymnasium import spaces
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 
 from ahm.backbone import (
@@ -69,7 +69,7 @@ from ahm.backbone import (
     MemoryOps,
     MemoryReadout,
 )
-from ahm.backbone.checkpoint import atomic_write_bytes
+from ahm.backbone.checkpoint import atomic_save_tensors, atomic_write_bytes, state_dict_for_saving
 from ahm.backbone.mamba import LayerState, MambaState
 from ahm.envs.streams import FACT_KINDS, TaskStream, make_task
 from ahm.rewards import RewardFunction, RewardTerm, RewardWeights, StepContext
@@ -137,18 +137,7 @@ def random_backbone(vocab_size: int, ltm_codec: str = "int8", integration: str =
 def save_ahm_checkpoint(directory: str | Path, model: AHMModel, extra: dict[str, Any] | None = None) -> None:
     """Save an :class:`AHMModel` (weights, codec parameters and config) as safetensors + JSON, atomically."""
     directory = Path(directory)
-    seen: set[int] = set()
-    weights = {}
-    for name, tensor in model.state_dict().items():  # tied weights share storage: keep the first name
-        if tensor.data_ptr() in seen and tensor.numel():
-            continue
-        seen.add(tensor.data_ptr())
-        weights[name] = tensor.detach().contiguous().cpu()
-    tmp = directory / f".{_WEIGHTS}.tmp"
-    directory.mkdir(parents=True, exist_ok=True)
-    save_file(weights, str(tmp))
-    atomic_write_bytes(directory / _WEIGHTS, tmp.read_bytes())
-    tmp.unlink()
+    atomic_save_tensors(directory / _WEIGHTS, state_dict_for_saving(model))
     meta = {"format": _FORMAT, "version": _VERSION, "config": model.config.to_dict(), "extra": extra or {}}
     atomic_write_bytes(directory / _META, json.dumps(meta, indent=1).encode())
 

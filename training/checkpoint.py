@@ -21,16 +21,15 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from ahm.backbone import AHMModel
-from ahm.backbone.checkpoint import atomic_write_bytes
+from ahm.backbone.checkpoint import atomic_save_tensors, atomic_write_bytes
 from ahm.envs.memory_env import load_ahm_checkpoint, save_ahm_checkpoint
 
 __all__ = ["TRAINER_STATE", "save_training_checkpoint", "load_training_checkpoint", "has_training_checkpoint",
@@ -69,10 +68,7 @@ def save_training_checkpoint(directory: str | Path, model: AHMModel, optimizer: 
                 tensors[f"{index}.{key}"] = value.detach().contiguous().cpu()
             else:
                 scalars.setdefault(str(index), {})[key] = value
-    with tempfile.TemporaryDirectory(dir=directory) as tmp:
-        path = Path(tmp) / OPTIMIZER
-        save_file(tensors, str(path))
-        atomic_write_bytes(folder / OPTIMIZER, path.read_bytes())
+    atomic_save_tensors(folder / OPTIMIZER, tensors)
     meta = {"format": _FORMAT, "version": _VERSION, "checkpoint": name, "param_groups": opt["param_groups"],
             "optimizer_scalars": scalars, "state": state}
     atomic_write_bytes(directory / TRAINER_STATE, json.dumps(meta, indent=1).encode())
