@@ -101,7 +101,7 @@ def parse_config(cls: type[T], argv: Sequence[str] | None = None, description: s
         kind = _scalar_type(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         flag = "--" + f.name.replace("_", "-")
-        help_text = docs.get(f.name, " ")
+        help_text = docs.get(f.name, " ").replace("%", "%%")  # argparse %-formats help strings
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
         else:
