@@ -63,6 +63,38 @@ def test_text_loss_falls(tmp_path):
     assert [p.name for p in (tmp_path / "run").glob("step_*")] == [current_model_dir(tmp_path / "run").name]
 
 
+def test_init_from_a_run_folder_starts_from_its_latest_weights(tmp_path):
+    first = cfg_for(tmp_path, "--max-steps", "3", "--lr", "1e-2")
+    trained = train(first, log=lambda s: None, controller=FunctionController(write_first)).model
+    then = cfg_for(tmp_path, "--max-steps", "1", "--lr", "1e-12", "--init-from", str(tmp_path / "run"),
+                   "--out-dir", str(tmp_path / "run2"))
+    started = train(then, log=lambda s: None, controller=FunctionController(write_first)).model
+    fresh = build_model(first, 256)
+    for (name, a), b, c in zip(trained.state_dict().items(), started.state_dict().values(),
+                               fresh.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name  # one step at lr 1e-12 from the run's weights
+    assert not torch.allclose(trained.backbone.embedding.weight, fresh.backbone.embedding.weight)
+
+
+def test_initialisation_options():
+    from ahm.cli import parse_config
+
+    base = parse_config(TrainLMConfig, [*TINY])
+    torch.manual_seed(0)
+    default = build_model(base, 512)
+    assert torch.nn.functional.softplus(default.write_recency).item() == pytest.approx(0.1)
+    assert default.backbone.embedding.weight.std().item() == pytest.approx(0.02, rel=0.1)
+    torch.manual_seed(0)
+    assert torch.equal(build_model(base, 512).backbone.embedding.weight, default.backbone.embedding.weight)
+    tuned = build_model(parse_config(TrainLMConfig, [*TINY, "--embedding-init", "0.3", "--write-recency-init", "1"]),
+                        512)
+    assert tuned.backbone.embedding.weight.std().item() == pytest.approx(0.3, rel=0.1)
+    assert torch.nn.functional.softplus(tuned.write_recency).item() == pytest.approx(1.0)
+    assert tuned.lm_head.weight is tuned.backbone.embedding.weight  # still tied
+    with pytest.raises(SystemExit):
+        parse_config(TrainLMConfig, ["--embedding-init", "0"])
+
+
 def test_sigkill_then_resume_is_exact(tmp_path):
     """A run killed with SIGKILL mid-way and resumed ends with the same weights and loss curve as an
     uninterrupted run with the same seed."""

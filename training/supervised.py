@@ -59,7 +59,8 @@ from ahm.envs.memory_env import (
     observation_arrays,
     save_ahm_checkpoint,
 )
-from ahm.training.checkpoint import has_training_checkpoint, load_training_checkpoint, save_training_checkpoint
+from ahm.training.checkpoint import (current_model_dir, has_training_checkpoint, load_training_checkpoint,
+                                    save_training_checkpoint)
 from ahm.training.data import Curriculum, SequenceBatch, TaskSource, TextSource
 
 __all__ = ["TrainLMConfig", "train", "controller_actions", "ReplayController", "ObservationBridge",
@@ -114,6 +115,10 @@ class TrainLMConfig:
     """'readout' (memory enters the answer / logits) or 'state' (gated into the SSM input)."""
     integration_init: float = 1.0
     """Scale of the random initialisation of the memory integration projection (0: zero, AHMModel's default)."""
+    write_recency_init: float = 0.1
+    """Initial recency decay (per token) of the write pooling (AHMModel's default 0.1: the last ~10 tokens share
+    the write). The recall tasks' facts are their chunk's last 2-3 tokens among random value tokens: 1.0 puts
+    58% of the write on the last token and 21% on the one before from the start."""
     embedding_init: float = 0.02
     """Std of the token embeddings' normal initialisation (tied with the LM head; 0.02 is Mamba's). The
     8,192-token recall tasks need a larger one (0.3 for the shipped backbones): their answer is copied from
@@ -140,7 +145,8 @@ class TrainLMConfig:
     """Where checkpoints (model.safetensors, ahm_model.json, optimizer.safetensors, trainer.json) and logs go."""
     init_from: str = ""
     """Start from the weights of this AHM checkpoint (save_ahm_checkpoint folder, e.g. an earlier run's export or
-    step_<N>/) instead of a fresh initialisation; its model settings replace the ones above."""
+    step_<N>/, or an earlier run's out_dir: its latest checkpoint) instead of a fresh initialisation; its model
+    settings replace the ones above."""
     export_dir: str = ""
     """Also write the final model alone (model.safetensors + ahm_model.json, with this command recorded) here,
     e.g. envs/checkpoints/<task> to ship it as the env's default backbone."""
@@ -173,8 +179,9 @@ class TrainLMConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)!r}")
         if self.source not in ("text", "tasks"):
             raise ValueError(f"--source must be 'text' or 'tasks', got {self.source!r}")
-        if not self.embedding_init > 0:
-            raise ValueError(f"--embedding-init must be > 0, got {self.embedding_init!r}")
+        if not (self.embedding_init > 0 and self.write_recency_init > 0):
+            raise ValueError(f"--embedding-init and --write-recency-init must be > 0, got {self.embedding_init!r} "
+                             f"and {self.write_recency_init!r}")
         if not (self.lr > 0 and self.weight_decay >= 0 and self.lm_weight >= 0 and self.answer_weight >= 0
                 and self.minutes >= 0):
             raise ValueError("--lr must be > 0; --weight-decay, --lm-weight, --answer-weight, --minutes >= 0")
@@ -214,7 +221,8 @@ class TrainLMConfig:
 
     # The settings that define the model; a resumed run must match them.
     MODEL_FIELDS = ("d_model", "n_layer", "d_state", "key_dim", "value_dim", "chunk_size", "wm_slots",
-                    "ltm_capacity", "ltm_codec", "integration", "integration_init", "embedding_init")
+                    "ltm_capacity", "ltm_codec", "integration", "integration_init", "embedding_init",
+                    "write_recency_init")
 
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainLMConfig)}
@@ -235,6 +243,7 @@ def build_model(cfg: TrainLMConfig, vocab_size: int) -> AHMModel:
         proj.normal_(0.0, cfg.integration_init / math.sqrt(proj.shape[1]))
         if cfg.embedding_init != 0.02:  # keep torch's generator stream (and so every earlier run) unchanged at 0.02
             model.backbone.embedding.weight.normal_(0.0, cfg.embedding_init)
+        model.write_recency.fill_(math.log(math.expm1(cfg.write_recency_init)))  # softplus^-1
     return model
 
 
@@ -503,7 +512,8 @@ def train(cfg: TrainLMConfig, log: Callable[[str], None] = print, controller: Co
         curriculum = Curriculum(cfg.length_list(cfg.lengths, "lengths"), cfg.curriculum)
         source = TaskSource(cfg.task_list(), cfg.chunk_size, curriculum, cfg.task_kwargs_dict())
     if model is None and cfg.init_from:
-        model, _ = load_ahm_checkpoint(cfg.init_from)
+        init = cfg.init_from  # an exported model, or a training run's folder (its current step_<N>/)
+        model, _ = load_ahm_checkpoint(current_model_dir(init) if has_training_checkpoint(init) else init)
         model.train().requires_grad_(True)
         if model.config.chunk_size != cfg.chunk_size:
             raise ValueError(f"--init-from model has chunk_size {model.config.chunk_size}, --chunk-size is "
