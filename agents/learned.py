@@ -101,6 +101,31 @@ def _nvec_for(wm_slots: int) -> np.ndarray:
     return np.array([wm_slots + 1, 2, 4, wm_slots + 1, 3], dtype=np.int64)
 
 
+FORGET_COMPONENTS = (3, 4)
+"""The action components that destroy memory (WM slot to forget, LTM entries to forget); value 0 is "none"."""
+
+
+def set_noop_prior(policy: Any, components: Sequence[int], prob: float) -> None:
+    """Make value 0 ("nothing") of each of ``components`` start with probability ``prob`` (in place).
+
+    Sets the bias of the policy's ``action_net`` (SB3 builds one logit per value of each ``MultiDiscrete``
+    component, with weights initialised at gain 0.01, so the bias alone sets the starting distribution): the
+    component's other values share ``1 - prob`` equally. Training moves it like any other weight.
+    """
+    if not 0.0 < prob < 1.0:
+        raise ValueError(f"set_noop_prior: prob must be in (0, 1), got {prob!r}")
+    nvec = np.asarray(policy.action_space.nvec, dtype=np.int64)
+    bias = getattr(policy.action_net, "bias", None)
+    if bias is None or bias.shape[0] != int(nvec.sum()):
+        raise ValueError("set_noop_prior: the policy's action_net has no bias with one logit per action value")
+    offsets = np.concatenate([[0], np.cumsum(nvec)[:-1]])
+    with torch.no_grad():
+        for j in components:
+            n, start = int(nvec[j]), int(offsets[j])
+            bias[start : start + n] = 0.0
+            bias[start] = math.log(prob * (n - 1) / (1.0 - prob))
+
+
 def _batch_size_of(observation: Mapping[str, Any]) -> int:
     if not observation:
         raise ValueError("empty observation: expected the env's Dict observation with a leading batch axis")
@@ -286,6 +311,10 @@ class ControllerTrainConfig:
     policy_kwargs: dict[str, Any] = field(default_factory=dict)
     """SB3 policy arguments (e.g. net_arch=[64, 64], lstm_hidden_size=64); keep them JSON-able plus torch.nn
     activation / torch.optim classes so save_controller can store them."""
+    forget_prior: float = 0.0
+    """Initial probability of "forget nothing" in the action's two forget components (WM slot, LTM entries), set
+    through the action head's bias (:func:`set_noop_prior`); 0 keeps SB3's start, near uniform, where a random
+    policy forgets a WM slot at 8 steps in 9 and LTM entries at 2 in 3 and so destroys what it wrote."""
     eval_freq: int = 10
     """Evaluate the deterministic controller every this many rollouts (eval/success, eval/accuracy,
     eval/return), and after the last one; 0: never."""
@@ -311,6 +340,8 @@ class ControllerTrainConfig:
             raise ValueError(f"learning_rate must be a positive float, got {self.learning_rate!r}")
         if not 0.0 <= self.gamma <= 1.0:
             raise ValueError(f"gamma must be in [0, 1], got {self.gamma!r}")
+        if not 0.0 <= self.forget_prior < 1.0:
+            raise ValueError(f"forget_prior must be in [0, 1), got {self.forget_prior!r}")
         if self.n_steps * self.num_envs < 2:
             raise ValueError("n_steps * num_envs must be at least 2 (SB3 normalises advantages over a rollout)")
         if "num_envs" in self.env_kwargs:
@@ -525,6 +556,8 @@ def train_controller(config: ControllerTrainConfig, model: OnPolicyAlgorithm | N
         if "batch_size" in inspect.signature(spec.cls.__init__).parameters:
             kwargs["batch_size"] = config.batch_size
         model = spec.cls(spec.policy, venv, **kwargs)
+        if config.forget_prior:
+            set_noop_prior(model.policy, FORGET_COMPONENTS, config.forget_prior)
         reset = True
     else:
         if algo_name(model) != config.algo:

@@ -245,6 +245,31 @@ def test_config_validation() -> None:
         ControllerTrainConfig(num_envs=0)
     with pytest.raises(ValueError, match="env_kwargs"):
         ControllerTrainConfig(env_kwargs={"num_envs": 2})
+    with pytest.raises(ValueError, match="forget_prior"):
+        ControllerTrainConfig(forget_prior=1.0)
+
+
+@pytest.mark.parametrize("algo", list(ALGORITHMS))
+def test_forget_prior_sets_the_starting_distribution_of_the_forget_components(algo) -> None:
+    """Before any update (0 timesteps would not build the model: the first rollout's 32 steps at lr 1e-12), the
+    policy samples "forget nothing" in the WM and LTM forget components with the prior's probability, and the
+    other components stay near uniform."""
+    model = train_controller(small_config(algo, forget_prior=0.9, learning_rate=1e-12, total_timesteps=64))
+    env = vector_env()
+    obs, _ = env.reset(seed=0)
+    tensor_obs, _ = model.policy.obs_to_tensor({k: v for k, v in obs.items()})
+    with torch.no_grad():
+        if algo == "recurrent_ppo":
+            features = model.policy.extract_features(tensor_obs)
+            latent = model.policy.mlp_extractor.forward_actor(features.new_zeros(2, 16))
+        else:
+            latent = model.policy.mlp_extractor.forward_actor(model.policy.extract_features(tensor_obs))
+        logits = model.policy.action_net(latent)
+    probs = [torch.softmax(part, -1) for part in torch.split(logits, NVEC.tolist(), dim=-1)]
+    for j in (3, 4):
+        assert probs[j][:, 0].numpy() == pytest.approx(0.9, abs=0.02)
+    for j in (0, 1, 2):
+        assert probs[j].max().item() < 2.0 / NVEC[j]
 
 
 # ---------------------------------------------------------------------- torch modules

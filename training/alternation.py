@@ -84,6 +84,9 @@ class TrainRLConfig:
     """Rollout steps per sub-env per PPO update."""
     rl_lr: float = 3e-4
     """Learning rate of the controller."""
+    forget_prior: float = 0.0
+    """Initial probability of "forget nothing" in the controller's two forget components (0: SB3's uniform start;
+    ahm.agents.learned.set_noop_prior)."""
     seq_len: int = 16_384
     """Tokens per RL training episode."""
     train_streams: int = 64
@@ -118,6 +121,8 @@ class TrainRLConfig:
                      "wm_slots", "eval_seeds", "threads"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be an int >= 1, got {getattr(self, name)!r}")
+        if not 0.0 <= self.forget_prior < 1.0:
+            raise ValueError(f"--forget-prior must be in [0, 1), got {self.forget_prior!r}")
         if self.lm_steps < 0 or not self.lm_lr > 0 or not self.rl_lr > 0:
             raise ValueError("--lm-steps must be >= 0 and --lm-lr, --rl-lr > 0")
         if self.teacher not in HEURISTICS:
@@ -197,7 +202,7 @@ def run_alternation(cfg: TrainRLConfig, log: Callable[[str], None] = print) -> d
         rl_cfg = ControllerTrainConfig(
             algo=cfg.algo, env_id=cfg.env_id, num_envs=cfg.num_envs, total_timesteps=cfg.rl_timesteps,
             n_steps=cfg.n_steps, batch_size=min(256, cfg.n_steps * cfg.num_envs), learning_rate=cfg.rl_lr,
-            seed=cfg.seed + r, tensorboard_log=str(out / "tb"),
+            seed=cfg.seed + r, tensorboard_log=str(out / "tb"), forget_prior=cfg.forget_prior,
             env_kwargs={"backbone": frozen, "seq_len": cfg.seq_len, "chunk_size": cfg.chunk_size,
                         "wm_slots": cfg.wm_slots,
                         "stream_seeds": [cfg.seed * 1_000_003 + i for i in range(cfg.train_streams)]})
