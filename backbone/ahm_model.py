@@ -13,11 +13,13 @@ One chunk t of C tokens (:meth:`AHMModel.process_chunk`):
 2. **Readout.** logits (b, C, V) = ``lm_head(hidden + W_r r_{t-1})`` in ``readout``
    integration, ``lm_head(hidden)`` in ``state`` integration. ``W_r`` and ``W_s`` start
    at zero, so an untrained AHM model is exactly its backbone LM.
-3. **Boundary features**: ``h = hidden[:, -1]`` and ``p = sum_i a_i hidden[:, i]``, a learnt
-   attention pooling over the chunk's positions (``a = softmax(w . hidden)``, the mean at
-   init); key = normalize(W_k p), value = W_v p, query = normalize(W_q h) (unit vectors:
-   inner products are cosines); ``ssm_features`` (b, F) = [h, per layer the root mean
-   square over the d_inner channels of the SSM state (b, N)].
+3. **Boundary features**: ``h = hidden[:, -1]`` and learnt attention poolings over the chunk's
+   positions, ``p = sum_i a_i hidden[:, i]`` with ``a = softmax(w . hidden_i - lambda d_i + beta[d_i])``
+   (d_i the distance from the boundary, lambda a learnt recency, beta a learnt bias of the last
+   :data:`POSITION_BIAS` positions): ``p_k`` for the key and ``p_v`` for the value (``split``
+   pooling; ``shared``: one ``p`` for both, no beta); key = normalize(W_k p_k), value = W_v p_v,
+   query = normalize(W_q h) (unit vectors: inner products are cosines); ``ssm_features`` (b, F) =
+   [h, per layer the root mean square over the d_inner channels of the SSM state (b, N)].
 4. **Observation -> controller -> ops.** :class:`MemoryObservation` describes the
    memory *before* this chunk's operations; a controller (any callable
    ``MemoryObservation -> MemoryOps``) returns the :class:`MemoryOps`.
@@ -74,6 +76,9 @@ __all__ = [
 RETRIEVE_NONE, RETRIEVE_WM, RETRIEVE_LTM, RETRIEVE_BOTH = 0, 1, 2, 3
 LTM_FORGET_NONE, LTM_FORGET_OLDEST, LTM_FORGET_LEAST_USED = 0, 1, 2
 INTEGRATIONS = ("readout", "state")
+WRITE_POOLINGS = ("split", "shared")
+POSITION_BIAS = 8
+"""Positions before a chunk boundary whose write-pooling score has a learnt bias of its own (``split`` pooling)."""
 
 
 # ====================================================================== ops and observation
@@ -445,6 +450,12 @@ class AHMConfig:
     """Approximate LTM search starts once every sequence holds this many entries."""
     init_inv_temperature: float = 10.0
     """Initial scale of the (cosine) similarities in soft reads; learnt (log-parametrised)."""
+    write_pooling: str = "split"
+    """How the write candidate is read from the chunk (module doc, step 3): ``split``, a pooling each for the key
+    and the value with learnt biases of the last positions, so a fact ``(key, value)`` ending the chunk can send
+    its key token to the key and its value token to the value; or ``shared``, one pooling for both (checkpoints
+    made before ``split`` existed load as ``shared``). With ``shared`` pooling a 64-wide model trained on MQAR
+    stayed at (copy accuracy) / (number of pairs): its keys carried the value token as much as the key token."""
 
     def __post_init__(self) -> None:
         for name in ("chunk_size", "wm_slots", "ltm_capacity", "key_dim", "ltm_read_k", "obs_topk"):
@@ -461,6 +472,8 @@ class AHMConfig:
             raise ValueError(f"AHMConfig.ltm_eviction must be one of {EVICTION_RULES}, got {self.ltm_eviction!r}")
         if self.ltm_search not in SEARCH_MODES:
             raise ValueError(f"AHMConfig.ltm_search must be one of {SEARCH_MODES}, got {self.ltm_search!r}")
+        if self.write_pooling not in WRITE_POOLINGS:
+            raise ValueError(f"AHMConfig.write_pooling must be one of {WRITE_POOLINGS}, got {self.write_pooling!r}")
         if not self.init_inv_temperature > 0:
             raise ValueError(f"AHMConfig.init_inv_temperature must be > 0, got {self.init_inv_temperature}")
         self.memory_config()  # codec / search combinations are checked there
@@ -486,6 +499,7 @@ class AHMConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AHMConfig:
+        data = {"write_pooling": "shared", **data}  # saved before the field existed: the one pooling it had
         return dataclass_from_dict(cls, data)
 
 
@@ -610,6 +624,11 @@ class AHMModel(nn.Module):
         # Recency prior of the write: scores fall by softplus(rho) per token before the boundary, where facts end
         # (the task streams' chunk contract). Init 0.1 per token: the last ~10 tokens hold most of the weight.
         self.write_recency = nn.Parameter(torch.tensor(math.log(math.expm1(0.1))))
+        if config.write_pooling == "split":  # the key's own pooling, and position biases (row 0 value, 1 key)
+            self.key_attention = nn.Linear(d, 1, bias=False)
+            nn.init.zeros_(self.key_attention.weight)
+            self.key_recency = nn.Parameter(torch.tensor(math.log(math.expm1(0.1))))
+            self.write_position = nn.Parameter(torch.zeros(2, POSITION_BIAS))
         self.log_inv_temperature = nn.Parameter(torch.tensor(math.log(config.init_inv_temperature)))
         self.key_codec = make_codec(config.ltm_codec, dk, config.codec_options)
         self.value_codec = make_codec(config.ltm_codec, dv, config.codec_options)
@@ -638,10 +657,12 @@ class AHMModel(nn.Module):
     def boundary_features(self, hidden: Tensor, state: MambaState) -> BoundaryFeatures:
         """hidden (b, l, D) of a chunk and the backbone state after it -> :class:`BoundaryFeatures`.
 
-        The write candidate (key, value) is read from the chunk's hidden states by a learnt
-        attention over its positions, ``pooled = sum_i softmax_i(w . h_i - lambda d_i) h_i`` with d_i the
-        distance of position i from the boundary and ``lambda = softplus(write_recency)`` (``w`` zero and
-        lambda 0.1 at init: a recency-weighted mean); the query and the state features come from the last
+        The write candidate (key, value) is read from the chunk's hidden states by learnt
+        attentions over its positions (:meth:`_pool`), ``pooled = sum_i softmax_i(w . h_i - lambda d_i +
+        beta[d_i]) h_i`` with d_i the distance of position i from the boundary, ``lambda = softplus(recency)``
+        and beta the position biases (``w`` and beta zero and lambda 0.1 at init: a recency-weighted mean);
+        one pooling each for the key and the value in ``split`` pooling (``AHMConfig.write_pooling``), one
+        for both, without beta, in ``shared``. The query and the state features come from the last
         position. Why pooled: a fact's tokens end at the boundary, but the token to recall (a
         passkey's first digit) lies a few positions before it, and a small SSM's last hidden state
         keeps it only if trained to; with the last hidden state alone the answer path of a
@@ -651,16 +672,29 @@ class AHMModel(nn.Module):
         last_hidden = hidden[:, -1]
         ssm = [layer.ssm.detach().float().pow(2).mean(1).sqrt() for layer in state.layers]  # L x (b, N)
         features = torch.cat([last_hidden.detach().float(), *ssm], dim=-1)  # (b, F)
-        distance = torch.arange(hidden.shape[1] - 1, -1, -1, device=hidden.device, dtype=torch.float32)  # (l,)
-        scores = self.write_attention(hidden).squeeze(-1).float() - F.softplus(self.write_recency) * distance
-        weights = torch.softmax(scores, dim=-1)  # (b, l)
-        pooled = torch.einsum("bl,bld->bd", weights.to(hidden.dtype), hidden)  # (b, D)
+        if self.config.write_pooling == "split":
+            pooled_value = self._pool(hidden, self.write_attention, self.write_recency, self.write_position[0])
+            pooled_key = self._pool(hidden, self.key_attention, self.key_recency, self.write_position[1])
+        else:
+            pooled_value = pooled_key = self._pool(hidden, self.write_attention, self.write_recency, None)
         return BoundaryFeatures(
             features,
-            F.normalize(self.key_proj(pooled), dim=-1),
-            self.value_proj(pooled),
+            F.normalize(self.key_proj(pooled_key), dim=-1),
+            self.value_proj(pooled_value),
             F.normalize(self.query_proj(last_hidden), dim=-1),
         )
+
+    @staticmethod
+    def _pool(hidden: Tensor, attention: nn.Linear, recency: Tensor, position: Tensor | None) -> Tensor:
+        """sum_i softmax_i(w . h_i - softplus(recency) d_i + position[d_i]) h_i over the chunk: (b, l, D) -> (b, D)."""
+        length = hidden.shape[1]
+        distance = torch.arange(length - 1, -1, -1, device=hidden.device, dtype=torch.float32)  # (l,)
+        scores = attention(hidden).squeeze(-1).float() - F.softplus(recency) * distance
+        if position is not None:
+            k = min(length, position.shape[0])
+            scores = scores + torch.cat([scores.new_zeros(length - k), position[:k].flip(0).float()])
+        weights = torch.softmax(scores, dim=-1)  # (b, l)
+        return torch.einsum("bl,bld->bd", weights.to(hidden.dtype), hidden)
 
     @torch.no_grad()
     def observe(self, boundary: BoundaryFeatures, memory: HierarchicalMemory,

@@ -271,6 +271,44 @@ def test_gradients_reach_the_memory_projections(integration):
     assert model.log_inv_temperature.grad is not None
 
 
+def test_split_pooling_can_send_the_key_and_the_value_token_apart():
+    """With large position biases at distance 1 (key) and 0 (value), the key is read from the chunk's
+    second-to-last position and the value from its last: a fact (key, value) ending the chunk is split; the shared
+    pooling cannot (its key and value read the same mixture)."""
+    model = make_model()
+    hidden, state = model.backbone(tokens(2, 8))
+    with torch.no_grad():
+        model.write_position.zero_()
+        model.write_position[0, 0] = model.write_position[1, 1] = 50.0
+    b = model.boundary_features(hidden, state)
+    torch.testing.assert_close(b.value, model.value_proj(hidden[:, -1]))
+    torch.testing.assert_close(b.key, torch.nn.functional.normalize(model.key_proj(hidden[:, -2]), dim=-1))
+    shared = make_model(write_pooling="shared")
+    assert not hasattr(shared, "key_attention") and not hasattr(shared, "write_position")
+    sb = shared.boundary_features(hidden, state)
+    pooled = torch.linalg.lstsq(shared.value_proj.weight, sb.value.T).solution.T  # the one pooled vector
+    torch.testing.assert_close(sb.key, torch.nn.functional.normalize(shared.key_proj(pooled), dim=-1), atol=1e-4,
+                               rtol=1e-4)
+
+
+def test_gradients_reach_both_poolings():
+    model = make_model().train()
+    out = next(model.stream(tokens(2, 8), DefaultController()))
+    (out.features.boundary.key.sum() + out.features.boundary.value.sum()).backward()
+    for name in ("write_recency", "key_recency", "write_position", "write_attention.weight", "key_attention.weight"):
+        assert model.get_parameter(name).grad is not None, name
+    assert model.write_position.grad[1].abs().sum() > 0 and model.write_position.grad[0].abs().sum() > 0
+
+
+def test_checkpoints_saved_before_split_pooling_load_as_shared():
+    saved = small_config().to_dict()
+    del saved["write_pooling"]
+    assert AHMConfig.from_dict(saved).write_pooling == "shared"
+    assert AHMConfig.from_dict(small_config().to_dict()).write_pooling == "split"
+    with pytest.raises(ValueError, match="write_pooling"):
+        small_config(write_pooling="mean")
+
+
 def test_codec_loss_trains_the_autoencoder():
     model = make_model(ltm_codec="autoencoder")
     features, _ = model.chunk_features(tokens(2, 8))
