@@ -174,13 +174,18 @@ def load_ahm_checkpoint(directory: str | Path, map_location: str = "cpu") -> tup
 
 
 SHIPPED_BACKBONES = Path(__file__).parent / "checkpoints"
-"""Task-trained default backbones shipped with the package, one folder per task family (``<task>/``), each made
-by the ``train_lm.py`` command in its ``ahm_model.json`` (``extra.command``) and in the README."""
+"""Task-trained default backbones shipped with the package, one folder per task family (``<task>/``, or the
+shared folder :data:`SHIPPED_FOLDER` names), each made by the ``train_lm.py`` command in its ``ahm_model.json``
+(``extra.command``) and in the README."""
+
+SHIPPED_FOLDER = {"mqar": "recall", "forget": "recall", "decoy": "recall"}
+"""Task families that share one shipped backbone: the three 8,192-token key-value recall tasks have one vocabulary
+layout and one fact format up to the decoy's kind marker, and one model is trained on a mix of the three."""
 
 
 def shipped_backbone_path(task: str) -> Path | None:
     """The folder of the task-trained default backbone for ``task``, or None if the package ships none."""
-    path = SHIPPED_BACKBONES / task
+    path = SHIPPED_BACKBONES / SHIPPED_FOLDER.get(task, task)
     return path if (path / _META).is_file() and (path / _WEIGHTS).is_file() else None
 
 
