@@ -121,7 +121,7 @@ class TrainLMConfig:
     58% of the write on the last token and 21% on the one before from the start."""
     embedding_init: float = 0.02
     """Std of the token embeddings' normal initialisation (tied with the LM head; 0.02 is Mamba's). The
-    8,192-token recall tasks need a larger one (0.3 for the shipped backbones): their answer is copied from
+    8,192-token recall tasks need a larger one (0.125 for the shipped recall backbone): their answer is copied from
     memory through the tied head, whose logit margin scales with the embeddings' squared norm."""
     batch: int = 8
     """Sequences per step (per process under torchrun)."""
