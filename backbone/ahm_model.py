@@ -623,17 +623,27 @@ class AHMModel(nn.Module):
         nn.init.zeros_(self.write_attention.weight)
         # Recency prior of the write: scores fall by softplus(rho) per token before the boundary, where facts end
         # (the task streams' chunk contract). Init 0.1 per token: the last ~10 tokens hold most of the weight.
-        self.write_recency = nn.Parameter(torch.tensor(math.log(math.expm1(0.1))))
+        self.write_recency = nn.Parameter(torch.zeros(()))
         if config.write_pooling == "split":  # the key's own pooling, and position biases (row 0 value, 1 key)
             self.key_attention = nn.Linear(d, 1, bias=False)
             nn.init.zeros_(self.key_attention.weight)
-            self.key_recency = nn.Parameter(torch.tensor(math.log(math.expm1(0.1))))
+            self.key_recency = nn.Parameter(torch.zeros(()))
             self.write_position = nn.Parameter(torch.zeros(2, POSITION_BIAS))
+        self.set_write_recency(0.1)
         self.log_inv_temperature = nn.Parameter(torch.tensor(math.log(config.init_inv_temperature)))
         self.key_codec = make_codec(config.ltm_codec, dk, config.codec_options)
         self.value_codec = make_codec(config.ltm_codec, dv, config.codec_options)
         integration = _ReadoutIntegration if config.integration == "readout" else _StateIntegration
         self.integration = integration(2 * dv, d)
+
+    @torch.no_grad()
+    def set_write_recency(self, per_token: float) -> None:
+        """Set the recency decay lambda (> 0, per token) of every write pooling (stored as softplus^-1)."""
+        if not per_token > 0:
+            raise ValueError(f"set_write_recency: per_token must be > 0, got {per_token!r}")
+        for recency in (self.write_recency, getattr(self, "key_recency", None)):
+            if recency is not None:
+                recency.fill_(math.log(math.expm1(per_token)))
 
     # ---------------------------------------------------------------- state
     def init_state(self, batch: int, device: torch.device | str | None = None) -> AHMState:

@@ -70,8 +70,7 @@ def test_init_from_a_run_folder_starts_from_its_latest_weights(tmp_path):
                    "--out-dir", str(tmp_path / "run2"))
     started = train(then, log=lambda s: None, controller=FunctionController(write_first)).model
     fresh = build_model(first, 256)
-    for (name, a), b, c in zip(trained.state_dict().items(), started.state_dict().values(),
-                               fresh.state_dict().values()):
+    for (name, a), b in zip(trained.state_dict().items(), started.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-6), name  # one step at lr 1e-12 from the run's weights
     assert not torch.allclose(trained.backbone.embedding.weight, fresh.backbone.embedding.weight)
 

@@ -243,9 +243,7 @@ def build_model(cfg: TrainLMConfig, vocab_size: int) -> AHMModel:
         proj.normal_(0.0, cfg.integration_init / math.sqrt(proj.shape[1]))
         if cfg.embedding_init != 0.02:  # keep torch's generator stream (and so every earlier run) unchanged at 0.02
             model.backbone.embedding.weight.normal_(0.0, cfg.embedding_init)
-        for recency in (model.write_recency, getattr(model, "key_recency", None)):
-            if recency is not None:
-                recency.fill_(math.log(math.expm1(cfg.write_recency_init)))  # softplus^-1
+    model.set_write_recency(cfg.write_recency_init)
     return model
 
 
