@@ -27,7 +27,10 @@ One chunk t of C tokens (:meth:`AHMModel.process_chunk`):
    retrieve (with the query, from the memory as observed), forget (WM slot, then
    LTM oldest / least used), evict-and-write (the displaced WM entry moves to LTM,
    compressed, if asked; then the new entry is written), then the clocks tick.
-6. r_t = [m_wm, m_ltm] (b, R) is carried in :class:`AHMState` to chunk t + 1.
+6. r_t = [m_wm, m_ltm] (b, R) is carried in :class:`AHMState` to chunk t + 1. The integration reads it
+   as ``W_r (m_wm + m_ltm)`` (``shared`` level readout: one projection for both levels, so an entry
+   reads the same whichever level holds it) or ``W_r [m_wm; m_ltm]`` (``separate``: each level its own
+   columns), :attr:`AHMConfig.level_readout`.
 
 Causality: memory written or retrieved at the end of chunk t affects chunk t + 1
 and later only, so logits never see the chunk's own future tokens.
@@ -48,7 +51,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
@@ -77,6 +80,7 @@ RETRIEVE_NONE, RETRIEVE_WM, RETRIEVE_LTM, RETRIEVE_BOTH = 0, 1, 2, 3
 LTM_FORGET_NONE, LTM_FORGET_OLDEST, LTM_FORGET_LEAST_USED = 0, 1, 2
 INTEGRATIONS = ("readout", "state")
 WRITE_POOLINGS = ("split", "shared")
+LEVEL_READOUTS = ("shared", "separate")
 POSITION_BIAS = 8
 """Positions before a chunk boundary whose write-pooling score has a learnt bias of its own (``split`` pooling)."""
 
@@ -456,6 +460,14 @@ class AHMConfig:
     its key token to the key and its value token to the value; or ``shared``, one pooling for both (checkpoints
     made before ``split`` existed load as ``shared``). With ``shared`` pooling a 64-wide model trained on MQAR
     stayed at (copy accuracy) / (number of pairs): its keys carried the value token as much as the key token."""
+    level_readout: str = "shared"
+    """How the reads of the two levels enter the integration (module doc, step 6): ``shared``, one projection of
+    ``m_wm + m_ltm``, so an entry moved to the LTM (compressed) is read as it was in the WM; or ``separate``, a
+    projection of ``[m_wm; m_ltm]`` with columns of its own per level (checkpoints made before this field existed
+    load as ``separate``). With ``separate``, columns of a level the training never read from stay at their
+    initialisation: the recall backbone trained while every fact sat in the WM answered 0.133 of MQAR queries at
+    100K tokens under the oracle (most facts in the LTM by then), 0.893 once its LTM columns were set to the WM's
+    (README, "Default checkpoints")."""
 
     def __post_init__(self) -> None:
         for name in ("chunk_size", "wm_slots", "ltm_capacity", "key_dim", "ltm_read_k", "obs_topk"):
@@ -474,6 +486,8 @@ class AHMConfig:
             raise ValueError(f"AHMConfig.ltm_search must be one of {SEARCH_MODES}, got {self.ltm_search!r}")
         if self.write_pooling not in WRITE_POOLINGS:
             raise ValueError(f"AHMConfig.write_pooling must be one of {WRITE_POOLINGS}, got {self.write_pooling!r}")
+        if self.level_readout not in LEVEL_READOUTS:
+            raise ValueError(f"AHMConfig.level_readout must be one of {LEVEL_READOUTS}, got {self.level_readout!r}")
         if not self.init_inv_temperature > 0:
             raise ValueError(f"AHMConfig.init_inv_temperature must be > 0, got {self.init_inv_temperature}")
         self.memory_config()  # codec / search combinations are checked there
@@ -499,7 +513,8 @@ class AHMConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AHMConfig:
-        data = {"write_pooling": "shared", **data}  # saved before the field existed: the one pooling it had
+        # saved before these fields existed: the one pooling and the per-level readout columns they had
+        data = {"write_pooling": "shared", "level_readout": "separate", **data}
         return dataclass_from_dict(cls, data)
 
 
@@ -565,31 +580,43 @@ class ChunkOutput(NamedTuple):
     ops: MemoryOps
 
 
-class _ReadoutIntegration(nn.Module):
-    """``readout``: hidden + W_r r, with W_r zero at init."""
+def _levels(retrieved: Tensor, shared: bool) -> Tensor:
+    """retrieved (b, 2 dv) = [m_wm, m_ltm] -> what the integration projects: m_wm + m_ltm (b, dv) if ``shared``."""
+    if not shared:
+        return retrieved
+    m_wm, m_ltm = retrieved.chunk(2, dim=-1)
+    return m_wm + m_ltm
 
-    def __init__(self, retrieved_dim: int, d_model: int) -> None:
+
+class _ReadoutIntegration(nn.Module):
+    """``readout``: hidden + W_r r, with W_r zero at init (r: the levels as :attr:`AHMConfig.level_readout` says)."""
+
+    def __init__(self, value_dim: int, d_model: int, shared: bool) -> None:
         super().__init__()
-        self.proj = nn.Linear(retrieved_dim, d_model, bias=False)
+        self.shared = shared
+        self.proj = nn.Linear(value_dim if shared else 2 * value_dim, d_model, bias=False)
         nn.init.zeros_(self.proj.weight)
 
     def forward(self, retrieved: Tensor) -> Tensor:
-        """retrieved (b, R) -> (b, D), added to every hidden state of the next chunk."""
-        return self.proj(retrieved)
+        """retrieved (b, 2 dv) -> (b, D), added to every hidden state of the next chunk."""
+        return self.proj(_levels(retrieved, self.shared))
 
 
 class _StateIntegration(nn.Module):
     """``state``: input offset sigmoid(W_g r + b_g) * W_s r, with W_s zero at init."""
 
-    def __init__(self, retrieved_dim: int, d_model: int) -> None:
+    def __init__(self, value_dim: int, d_model: int, shared: bool) -> None:
         super().__init__()
-        self.gate = nn.Linear(retrieved_dim, d_model)
-        self.proj = nn.Linear(retrieved_dim, d_model, bias=False)
+        self.shared = shared
+        width = value_dim if shared else 2 * value_dim
+        self.gate = nn.Linear(width, d_model)
+        self.proj = nn.Linear(width, d_model, bias=False)
         nn.init.zeros_(self.proj.weight)
 
     def forward(self, retrieved: Tensor) -> Tensor:
-        """retrieved (b, R) -> input offset (b, D) for the next chunk's embeddings."""
-        return torch.sigmoid(self.gate(retrieved)) * self.proj(retrieved)
+        """retrieved (b, 2 dv) -> input offset (b, D) for the next chunk's embeddings."""
+        r = _levels(retrieved, self.shared)
+        return torch.sigmoid(self.gate(r)) * self.proj(r)
 
 
 class AHMModel(nn.Module):
@@ -634,7 +661,28 @@ class AHMModel(nn.Module):
         self.key_codec = make_codec(config.ltm_codec, dk, config.codec_options)
         self.value_codec = make_codec(config.ltm_codec, dv, config.codec_options)
         integration = _ReadoutIntegration if config.integration == "readout" else _StateIntegration
-        self.integration = integration(2 * dv, d)
+        self.integration = integration(dv, d, config.level_readout == "shared")
+
+    def with_level_readout(self, level_readout: str) -> AHMModel:
+        """This model with its integration reading the levels as ``level_readout`` (a new model; self unchanged).
+
+        ``separate`` -> ``shared`` keeps the working memory's columns of the projection(s) as the shared one (the
+        LTM's are dropped: the WM's are the ones a model trained with facts in the WM has learnt); ``shared`` ->
+        ``separate`` gives both levels the shared columns (the same function of the reads). Every other weight is
+        copied.
+        """
+        if level_readout not in LEVEL_READOUTS:
+            raise ValueError(f"with_level_readout: level_readout must be one of {LEVEL_READOUTS}, got {level_readout!r}")
+        if level_readout == self.config.level_readout:
+            return self
+        model = AHMModel(replace(self.config, level_readout=level_readout))
+        weights = self.state_dict()
+        dv = self.config.resolved_value_dim
+        for name in [n for n in weights if n.startswith("integration.") and n.endswith("weight")]:
+            w = weights[name]
+            weights[name] = w[:, :dv].clone() if level_readout == "shared" else torch.cat([w, w], dim=1)
+        model.load_state_dict(weights)
+        return model.to(self.lm_head.weight.device).train(self.training)
 
     @torch.no_grad()
     def set_write_recency(self, per_token: float) -> None:

@@ -24,6 +24,7 @@ from ahm.backbone import (
     load_memory,
     save_memory,
 )
+from ahm.backbone.ahm_model import RETRIEVE_LTM, RETRIEVE_NONE, RETRIEVE_WM
 from ahm.backbone.memory_io import MEMORY_TENSORS, memory_tensors
 
 V = 16
@@ -307,6 +308,53 @@ def test_checkpoints_saved_before_split_pooling_load_as_shared():
     assert AHMConfig.from_dict(small_config().to_dict()).write_pooling == "split"
     with pytest.raises(ValueError, match="write_pooling"):
         small_config(write_pooling="mean")
+
+
+def test_checkpoints_saved_before_level_readout_load_as_separate():
+    saved = small_config().to_dict()
+    del saved["level_readout"]
+    assert AHMConfig.from_dict(saved).level_readout == "separate"
+    assert AHMConfig.from_dict(small_config().to_dict()).level_readout == "shared"
+    with pytest.raises(ValueError, match="level_readout"):
+        small_config(level_readout="concat")
+
+
+@pytest.mark.parametrize("level_readout", ["shared", "separate"])
+def test_an_entry_moved_to_the_ltm_reads_as_it_did_in_the_wm_only_when_shared(level_readout):
+    model = make_model(ltm_codec="none", read_mode="top1", level_readout=level_readout)
+    memory = model.init_state(1).memory
+    g = torch.Generator().manual_seed(3)
+    key, other_key = torch.nn.functional.normalize(torch.randn(2, 1, 8, generator=g), dim=-1)
+    value, other_value = torch.randn(2, 1, 16, generator=g)
+    ops = lambda write, evict, retrieve: MemoryOps(*(torch.tensor([v]) for v in (write, evict, retrieve, -1, 0)))
+    with torch.no_grad():
+        memory.apply(ops(0, 0, RETRIEVE_NONE), key, value, key)  # the entry into WM slot 0
+        from_wm = memory.apply(ops(0, 1, RETRIEVE_WM), other_key, other_value, key)  # read it, then it moves to LTM
+        from_ltm = memory.apply(ops(-1, 0, RETRIEVE_LTM), other_key, other_value, key)
+        assert torch.equal(from_wm.wm, value) and torch.equal(from_ltm.ltm, value)  # the same entry, each level
+        hidden = torch.randn(1, 3, 16, generator=g)
+        same = torch.allclose(model.readout(hidden, from_wm.vector()), model.readout(hidden, from_ltm.vector()))
+    assert same == (level_readout == "shared")
+
+
+@pytest.mark.parametrize("integration", ["readout", "state"])
+def test_changing_the_level_readout_keeps_what_the_model_computes(integration):
+    separate = make_model(level_readout="separate", integration=integration)
+    shared = separate.with_level_readout("shared")
+    assert (separate.config.level_readout, shared.config.level_readout) == ("separate", "shared")
+    assert shared.integration.proj.weight.shape == (16, 16) and separate.integration.proj.weight.shape == (16, 32)
+    g = torch.Generator().manual_seed(0)
+    hidden, read = torch.randn(2, 3, 16, generator=g), torch.randn(2, 16, generator=g)
+    wm_only, any_read = torch.cat([read, torch.zeros_like(read)], 1), torch.randn(2, 32, generator=g)
+    apply = (lambda m, r: m.readout(hidden, r)) if integration == "readout" else (lambda m, r: m.input_offset(r))
+    with torch.no_grad():
+        assert torch.allclose(apply(shared, wm_only), apply(separate, wm_only), atol=1e-6)  # the WM's columns kept
+        back = shared.with_level_readout("separate")
+        assert torch.allclose(apply(back, any_read), apply(shared, any_read), atol=1e-6)  # the same function
+        assert not torch.allclose(apply(shared, any_read), apply(separate, any_read), atol=1e-3)
+    assert shared.with_level_readout("shared") is shared
+    with pytest.raises(ValueError, match="level_readout"):
+        shared.with_level_readout("both")
 
 
 def test_codec_loss_trains_the_autoencoder():

@@ -75,6 +75,24 @@ def test_init_from_a_run_folder_starts_from_its_latest_weights(tmp_path):
     assert not torch.allclose(trained.backbone.embedding.weight, fresh.backbone.embedding.weight)
 
 
+def test_level_readout_of_fresh_and_initialised_models(tmp_path):
+    first = cfg_for(tmp_path, "--max-steps", "2", "--level-readout", "separate")
+    separate = train(first, log=lambda s: None, controller=FunctionController(write_first)).model
+    assert separate.config.level_readout == "separate"
+    assert build_model(cfg_for(tmp_path), 256).config.level_readout == "shared"  # a fresh model's default
+    init = ("--init-from", str(tmp_path / "run"), "--lr", "1e-12", "--max-steps", "1")
+    kept = train(cfg_for(tmp_path, *init, "--out-dir", str(tmp_path / "kept")), log=lambda s: None,
+                 controller=FunctionController(write_first)).model
+    assert kept.config.level_readout == "separate"  # '' keeps the checkpoint's own
+    shared = train(cfg_for(tmp_path, *init, "--level-readout", "shared", "--out-dir", str(tmp_path / "shared")),
+                   log=lambda s: None, controller=FunctionController(write_first)).model
+    assert shared.config.level_readout == "shared"
+    dv = separate.config.resolved_value_dim
+    assert torch.allclose(shared.integration.proj.weight, separate.integration.proj.weight[:, :dv], atol=1e-6)
+    with pytest.raises(SystemExit):
+        cfg_for(tmp_path, "--level-readout", "both")
+
+
 def test_initialisation_options():
     from ahm.cli import parse_config
 

@@ -113,6 +113,10 @@ class TrainLMConfig:
     """Long-term memory codec: none, int8, pq, autoencoder, hash."""
     integration: str = "readout"
     """'readout' (memory enters the answer / logits) or 'state' (gated into the SSM input)."""
+    level_readout: str = ""
+    """How the integration reads the two memory levels: 'shared' (one projection of the WM read + the LTM read) or
+    'separate' (columns of its own per level); '': 'shared' for a fresh model, the checkpoint's own with
+    --init-from. Given with --init-from, the loaded model is converted (separate -> shared keeps the WM's columns)."""
     integration_init: float = 1.0
     """Scale of the random initialisation of the memory integration projection (0: zero, AHMModel's default)."""
     write_recency_init: float = 0.1
@@ -177,6 +181,8 @@ class TrainLMConfig:
         for name in ("value_dim", "max_documents", "threads"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)!r}")
+        if self.level_readout not in ("", "shared", "separate"):
+            raise ValueError(f"--level-readout must be '', 'shared' or 'separate', got {self.level_readout!r}")
         if self.source not in ("text", "tasks"):
             raise ValueError(f"--source must be 'text' or 'tasks', got {self.source!r}")
         if not (self.embedding_init > 0 and self.write_recency_init > 0):
@@ -221,7 +227,7 @@ class TrainLMConfig:
 
     # The settings that define the model; a resumed run must match them.
     MODEL_FIELDS = ("d_model", "n_layer", "d_state", "key_dim", "value_dim", "chunk_size", "wm_slots",
-                    "ltm_capacity", "ltm_codec", "integration", "integration_init", "embedding_init",
+                    "ltm_capacity", "ltm_codec", "integration", "level_readout", "integration_init", "embedding_init",
                     "write_recency_init")
 
 
@@ -233,7 +239,8 @@ def build_model(cfg: TrainLMConfig, vocab_size: int) -> AHMModel:
     backbone = MambaConfig(vocab_size=vocab_size, d_model=cfg.d_model, n_layer=cfg.n_layer, d_state=cfg.d_state)
     model = AHMModel(AHMConfig(backbone, chunk_size=cfg.chunk_size, wm_slots=cfg.wm_slots,
                                ltm_capacity=cfg.ltm_capacity, key_dim=cfg.key_dim, value_dim=cfg.value_dim or None,
-                               ltm_codec=cfg.ltm_codec, integration=cfg.integration))
+                               ltm_codec=cfg.ltm_codec, integration=cfg.integration,
+                               level_readout=cfg.level_readout or "shared"))
     # AHMModel starts its integration projection at zero (an untrained AHM model is its backbone LM). Trained
     # from scratch, that zero is a saddle: the projection learns only once the stored values carry the answer,
     # and the backbone learns to store it only through the projection. A small random start breaks the tie
@@ -518,6 +525,8 @@ def train(cfg: TrainLMConfig, log: Callable[[str], None] = print, controller: Co
         if model.config.chunk_size != cfg.chunk_size:
             raise ValueError(f"--init-from model has chunk_size {model.config.chunk_size}, --chunk-size is "
                              f"{cfg.chunk_size}; make them equal")
+        if cfg.level_readout:
+            model = model.with_level_readout(cfg.level_readout)
     model = model if model is not None else build_model(cfg, source.vocab_size)
     controller = controller if controller is not None else make_controller(cfg.controller)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
