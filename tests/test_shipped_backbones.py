@@ -14,7 +14,7 @@ from ahm.envs import ENV_SPECS
 from ahm.envs.memory_env import SHIPPED_BACKBONES, load_ahm_checkpoint, shipped_backbone_path
 
 torch.set_num_threads(1)
-RECALL_ORACLE_FLOOR = 0.9  # measured 0.969 (MQAR), 1.000 (Forget), 1.000 (Decoy) on these episodes
+RECALL_ORACLE_FLOOR = 0.9  # measured 0.938 / 0.969 (MQAR), 1.000 / 1.000 (Forget, Decoy) on these episodes, 8 / 2 slots
 
 SHIPPED = sorted({e.task for e in ENV_SPECS.values() if shipped_backbone_path(e.task) is not None})
 FOLDERS = sorted(p.name for p in SHIPPED_BACKBONES.iterdir() if p.is_dir()) if SHIPPED_BACKBONES.is_dir() else []
@@ -55,12 +55,14 @@ def test_passkey_oracle_answers_and_the_backbone_alone_does_not():
     assert none.accuracy <= 0.4, none.accuracy
 
 
+@pytest.mark.parametrize("wm_slots", [8, 2])
 @pytest.mark.parametrize("env_id", ["AHMMemory-MQAR-v0", "AHMMemory-Forget-v0", "AHMMemory-Decoy-v0"])
-def test_recall_oracle_answers_and_the_backbone_alone_does_not(env_id):
+def test_recall_oracle_answers_and_the_backbone_alone_does_not(env_id, wm_slots):
     """The shared recall backbone at 8K tokens (4 facts per episode, 8 with the decoy's): the oracle stores the
     target facts and reads at each query and answers most of them; without memory the answers stay at the
-    chance of a 4,094-way guess."""
-    oracle = evaluate("oracle", env_id, seq_len=8192, episodes=8, num_envs=8, seed=5)
-    none = evaluate("none", env_id, seq_len=8192, episodes=8, num_envs=8, seed=5)
+    chance of a 4,094-way guess. With 2 WM slots most facts are read from the compressed LTM (the backbone
+    before its LTM stage, whose readout had untrained LTM columns, scored 0.469 / 0.500 / 0.500 there)."""
+    oracle = evaluate("oracle", env_id, seq_len=8192, episodes=8, num_envs=8, seed=5, wm_slots=wm_slots)
+    none = evaluate("none", env_id, seq_len=8192, episodes=8, num_envs=8, seed=5, wm_slots=wm_slots)
     assert oracle.accuracy >= RECALL_ORACLE_FLOOR, oracle.accuracy
     assert none.accuracy <= 0.05, none.accuracy
