@@ -465,7 +465,7 @@ class AHMConfig:
     ``m_wm + m_ltm``, so an entry moved to the LTM (compressed) is read as it was in the WM; or ``separate``, a
     projection of ``[m_wm; m_ltm]`` with columns of its own per level (checkpoints made before this field existed
     load as ``separate``). With ``separate``, columns of a level the training never read from stay at their
-    initialisation: the recall backbone trained while every fact sat in the WM answered 0.133 of MQAR queries at
+    initialisation: the recall backbone trained while every fact sat in the WM answered 0.147 of MQAR queries at
     100K tokens under the oracle (most facts in the LTM by then), 0.893 once its LTM columns were set to the WM's
     (README, "Default checkpoints")."""
 
