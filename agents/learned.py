@@ -302,6 +302,10 @@ class ControllerTrainConfig:
     """Adam's learning rate (SB3's default for PPO)."""
     gamma: float = 0.99
     """Discount factor per chunk."""
+    gae_lambda: float = 0.95
+    """GAE's lambda (SB3's default 0.95). The answer rewards come at query chunks, tens to hundreds of chunks
+    after the writes they depend on, and the value function cannot see what a slot holds, so bootstrapping loses
+    that credit: lambda near 1 carries the observed return back to the write."""
     seed: int = 0
     """Seeds torch, numpy and sub-env i (seed + i)."""
     tensorboard_log: str | None = None
@@ -340,6 +344,8 @@ class ControllerTrainConfig:
             raise ValueError(f"learning_rate must be a positive float, got {self.learning_rate!r}")
         if not 0.0 <= self.gamma <= 1.0:
             raise ValueError(f"gamma must be in [0, 1], got {self.gamma!r}")
+        if not 0.0 <= self.gae_lambda <= 1.0:
+            raise ValueError(f"gae_lambda must be in [0, 1], got {self.gae_lambda!r}")
         if not 0.0 <= self.forget_prior < 1.0:
             raise ValueError(f"forget_prior must be in [0, 1), got {self.forget_prior!r}")
         if self.n_steps * self.num_envs < 2:
@@ -551,6 +557,7 @@ def train_controller(config: ControllerTrainConfig, model: OnPolicyAlgorithm | N
     vector_env, venv = make_train_env(config, env)
     if model is None:
         kwargs: dict[str, Any] = dict(learning_rate=config.learning_rate, n_steps=config.n_steps, gamma=config.gamma,
+                                      gae_lambda=config.gae_lambda,
                                       seed=config.seed, device=config.device, tensorboard_log=config.tensorboard_log,
                                       policy_kwargs=dict(config.policy_kwargs) or None, verbose=config.verbose)
         if "batch_size" in inspect.signature(spec.cls.__init__).parameters:

@@ -247,6 +247,15 @@ def test_config_validation() -> None:
         ControllerTrainConfig(env_kwargs={"num_envs": 2})
     with pytest.raises(ValueError, match="forget_prior"):
         ControllerTrainConfig(forget_prior=1.0)
+    with pytest.raises(ValueError, match="gae_lambda"):
+        ControllerTrainConfig(gae_lambda=1.5)
+
+
+def test_discount_and_gae_lambda_reach_the_algorithm_and_its_checkpoint(tmp_path) -> None:
+    model = train_controller(small_config("ppo", gamma=0.995, gae_lambda=1.0, total_timesteps=64))
+    assert (model.gamma, model.gae_lambda, model.rollout_buffer.gae_lambda) == (0.995, 1.0, 1.0)
+    loaded = load_controller(save_controller(tmp_path / "c", model)).model
+    assert (loaded.gamma, loaded.gae_lambda) == (0.995, 1.0)
 
 
 @pytest.mark.parametrize("algo", list(ALGORITHMS))

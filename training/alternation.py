@@ -84,6 +84,10 @@ class TrainRLConfig:
     """Rollout steps per sub-env per PPO update."""
     rl_lr: float = 3e-4
     """Learning rate of the controller."""
+    gamma: float = 0.99
+    """Discount factor per chunk of the controller phase."""
+    gae_lambda: float = 0.95
+    """GAE's lambda of the controller phase (near 1: the answer's credit reaches writes many chunks earlier)."""
     forget_prior: float = 0.0
     """Initial probability of "forget nothing" in the controller's two forget components (0: SB3's uniform start;
     ahm.agents.learned.set_noop_prior)."""
@@ -121,6 +125,8 @@ class TrainRLConfig:
                      "wm_slots", "eval_seeds", "threads"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be an int >= 1, got {getattr(self, name)!r}")
+        if not (0.0 <= self.gamma <= 1.0 and 0.0 <= self.gae_lambda <= 1.0):
+            raise ValueError(f"--gamma and --gae-lambda must be in [0, 1], got {self.gamma!r}, {self.gae_lambda!r}")
         if not 0.0 <= self.forget_prior < 1.0:
             raise ValueError(f"--forget-prior must be in [0, 1), got {self.forget_prior!r}")
         if self.lm_steps < 0 or not self.lm_lr > 0 or not self.rl_lr > 0:
@@ -202,6 +208,7 @@ def run_alternation(cfg: TrainRLConfig, log: Callable[[str], None] = print) -> d
         rl_cfg = ControllerTrainConfig(
             algo=cfg.algo, env_id=cfg.env_id, num_envs=cfg.num_envs, total_timesteps=cfg.rl_timesteps,
             n_steps=cfg.n_steps, batch_size=min(256, cfg.n_steps * cfg.num_envs), learning_rate=cfg.rl_lr,
+            gamma=cfg.gamma, gae_lambda=cfg.gae_lambda,
             seed=cfg.seed + r, tensorboard_log=str(out / "tb"), forget_prior=cfg.forget_prior,
             env_kwargs={"backbone": frozen, "seq_len": cfg.seq_len, "chunk_size": cfg.chunk_size,
                         "wm_slots": cfg.wm_slots,
