@@ -672,7 +672,8 @@ class AHMModel(nn.Module):
         copied.
         """
         if level_readout not in LEVEL_READOUTS:
-            raise ValueError(f"with_level_readout: level_readout must be one of {LEVEL_READOUTS}, got {level_readout!r}")
+            raise ValueError(f"with_level_readout: level_readout must be one of {LEVEL_READOUTS}, "
+                             f"got {level_readout!r}")
         if level_readout == self.config.level_readout:
             return self
         model = AHMModel(replace(self.config, level_readout=level_readout))

@@ -23,14 +23,18 @@ SHORT = dict(backbone="fresh", rounds=2, lm_steps=2, lm_lengths="512", algo="ppo
 
 def test_short_run_completes_with_checkpoints_tensorboard_and_table(tmp_path):
     lines: list[str] = []
-    out = run_alternation(TrainRLConfig(**SHORT, out_dir=str(tmp_path)), log=lines.append)
+    out = run_alternation(TrainRLConfig(**SHORT, out_dir=str(tmp_path), gae_lambda=1.0, rl_ltm_capacity=16),
+                          log=lines.append)
     assert [t["round"] for t in out["rounds"]] == [0, 1]
     state = json.loads((tmp_path / "state.json").read_text())
     assert state["completed_rounds"] == 2
     for r in (0, 1):
         model, extra = load_ahm_checkpoint(tmp_path / f"round_{r}" / "backbone")
         assert extra["round"] == r
-        assert load_controller(tmp_path / f"round_{r}" / "controller").model.num_timesteps == 64 * (r + 1)
+        controller = load_controller(tmp_path / f"round_{r}" / "controller").model
+        assert controller.num_timesteps == 64 * (r + 1) and controller.gae_lambda == 1.0
+        meta = json.loads((tmp_path / f"round_{r}" / "controller" / "controller.json").read_text())
+        assert meta["env_spec"]["env_kwargs"]["ltm_capacity"] == 16  # the training env's, recorded
     events = list((tmp_path / "tb").rglob("events.out.tfevents.*"))
     assert events, "no TensorBoard events from the controller phase"
     assert list((tmp_path / "round_0" / "lm" / "tb").rglob("events.out.tfevents.*")), "no backbone-phase events"
@@ -48,6 +52,8 @@ def test_short_run_completes_with_checkpoints_tensorboard_and_table(tmp_path):
     (["--env-id", "AHMMemory-Nope-v0"], "--env-id must be one of"),
     (["--algo", "dqn"], "--algo must be one of"),
     (["--rounds", "0"], "--rounds must be an int >= 1"),
+    (["--gae-lambda", "1.5"], "--gae-lambda must be in [0, 1]"),
+    (["--rl-ltm-capacity", "-1"], "--rl-ltm-capacity must be >= 0"),
     (["--env-id", "AHMMemory-Text-v0"], "needs a task with answers"),
 ])
 def test_bad_config_stops_with_a_message(tmp_path, args, message):

@@ -99,6 +99,10 @@ class TrainRLConfig:
     """Tokens per chunk (env step)."""
     wm_slots: int = 8
     """Working-memory slots."""
+    rl_ltm_capacity: int = 0
+    """LTM entries of the controller phase's training env (0: the env's default, 512); the benchmark always uses
+    the default. A smaller one makes the policy meet a full LTM on shorter (cheaper) episodes: a policy that keeps
+    a fact with M entries over L tokens by moving few entries to the LTM keeps it with 4 M entries over 4 L."""
     eval_lengths: str = "16K,100K"
     """Benchmark lengths (K = 1024)."""
     eval_seeds: int = 3
@@ -125,6 +129,8 @@ class TrainRLConfig:
                      "wm_slots", "eval_seeds", "threads"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be an int >= 1, got {getattr(self, name)!r}")
+        if self.rl_ltm_capacity < 0:
+            raise ValueError(f"--rl-ltm-capacity must be >= 0 (0: the env's default), got {self.rl_ltm_capacity!r}")
         if not (0.0 <= self.gamma <= 1.0 and 0.0 <= self.gae_lambda <= 1.0):
             raise ValueError(f"--gamma and --gae-lambda must be in [0, 1], got {self.gamma!r}, {self.gae_lambda!r}")
         if not 0.0 <= self.forget_prior < 1.0:
@@ -205,22 +211,24 @@ def run_alternation(cfg: TrainRLConfig, log: Callable[[str], None] = print) -> d
         t1 = time.perf_counter()
         # ---- controller phase: RL on the env with the backbone frozen
         frozen = copy.deepcopy(model).eval().requires_grad_(False)
+        streams = [cfg.seed * 1_000_003 + i for i in range(cfg.train_streams)]
+        env_kwargs = {"backbone": frozen, "seq_len": cfg.seq_len, "chunk_size": cfg.chunk_size,
+                      "wm_slots": cfg.wm_slots, "stream_seeds": streams}
+        if cfg.rl_ltm_capacity:
+            env_kwargs["ltm_capacity"] = cfg.rl_ltm_capacity
         rl_cfg = ControllerTrainConfig(
             algo=cfg.algo, env_id=cfg.env_id, num_envs=cfg.num_envs, total_timesteps=cfg.rl_timesteps,
             n_steps=cfg.n_steps, batch_size=min(256, cfg.n_steps * cfg.num_envs), learning_rate=cfg.rl_lr,
             gamma=cfg.gamma, gae_lambda=cfg.gae_lambda,
             seed=cfg.seed + r, tensorboard_log=str(out / "tb"), forget_prior=cfg.forget_prior,
-            env_kwargs={"backbone": frozen, "seq_len": cfg.seq_len, "chunk_size": cfg.chunk_size,
-                        "wm_slots": cfg.wm_slots,
-                        "stream_seeds": [cfg.seed * 1_000_003 + i for i in range(cfg.train_streams)]})
+            env_kwargs=env_kwargs)
         sb3_model = train_controller(rl_cfg, model=sb3_model)
         t2 = time.perf_counter()
         # ---- checkpoint: backbone and controller, then the state that names the round (atomic, last)
         save_ahm_checkpoint(round_dir / "backbone", model, extra={"round": r, "train_rl_config": asdict(cfg)})
+        trained_on = {k: v for k, v in env_kwargs.items() if k not in ("backbone", "stream_seeds")}
         save_controller(round_dir / "controller", sb3_model,
-                        {"env_id": cfg.env_id, "env_kwargs": {"seq_len": cfg.seq_len, "chunk_size": cfg.chunk_size,
-                                                              "wm_slots": cfg.wm_slots,
-                                                              "backbone": str(round_dir / "backbone")}})
+                        {"env_id": cfg.env_id, "env_kwargs": {**trained_on, "backbone": str(round_dir / "backbone")}})
         atomic_write_bytes(out / STATE, json.dumps({"completed_rounds": r + 1, "config": asdict(cfg)}).encode())
         timings.append({"round": r, "backbone_s": round(t1 - t0, 1), "controller_s": round(t2 - t1, 1)})
         log(f"round {r}: backbone phase {t1 - t0:.0f}s, controller phase {t2 - t1:.0f}s ({cfg.rl_timesteps} steps); "

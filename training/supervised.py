@@ -59,8 +59,12 @@ from ahm.envs.memory_env import (
     observation_arrays,
     save_ahm_checkpoint,
 )
-from ahm.training.checkpoint import (current_model_dir, has_training_checkpoint, load_training_checkpoint,
-                                    save_training_checkpoint)
+from ahm.training.checkpoint import (
+    current_model_dir,
+    has_training_checkpoint,
+    load_training_checkpoint,
+    save_training_checkpoint,
+)
 from ahm.training.data import Curriculum, SequenceBatch, TaskSource, TextSource
 
 __all__ = ["TrainLMConfig", "train", "controller_actions", "ReplayController", "ObservationBridge",
