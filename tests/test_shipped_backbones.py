@@ -33,7 +33,7 @@ def test_the_default_env_has_a_shipped_backbone():
 def test_shipped_backbone_loads_records_its_command_and_is_the_default(task):
     path = shipped_backbone_path(task)
     model, extra = load_ahm_checkpoint(path)
-    assert extra["command"].startswith("python train_lm.py --source tasks")
+    assert extra["command"].startswith(("python train_lm.py --source tasks", "python train_lm.py --source text"))
     assert (path / "model.safetensors").stat().st_size < 3_000_000, "shipped checkpoints stay small"
     env_id = next(i for i, e in ENV_SPECS.items() if e.task == task)
     env = gymnasium.make(env_id, **ENV_SPECS[env_id].test_kwargs)
@@ -66,3 +66,17 @@ def test_recall_oracle_answers_and_the_backbone_alone_does_not(env_id, wm_slots)
     none = evaluate("none", env_id, seq_len=8192, episodes=8, num_envs=8, seed=5, wm_slots=wm_slots)
     assert oracle.accuracy >= RECALL_ORACLE_FLOOR, oracle.accuracy
     assert none.accuracy <= 0.05, none.accuracy
+
+
+def test_text_backbone_predicts_held_out_bytes():
+    """The shipped text backbone (byte-level LM on the built-in corpus) on 8,192 held-out bytes: far below the
+    random backbone's 7.90 bits per byte (measured here 3.37 with FIFO memory, 3.71 without)."""
+    from ahm.agents import make_controller
+    from ahm.envs.text_corpus import load_corpus
+    from ahm.training.supervised import text_bits_per_byte
+
+    model, _ = load_ahm_checkpoint(shipped_backbone_path("text"))
+    heldout = load_corpus("stdlib").heldout
+    with_memory, n = text_bits_per_byte(model, heldout, 8192, make_controller("write_all"), 8192)
+    without, _ = text_bits_per_byte(model, heldout, 8192, None, 8192)
+    assert n >= 8192 and with_memory < 3.6 and without < 4.0, (with_memory, without)
