@@ -683,6 +683,7 @@ class AHMModel(nn.Module):
             w = weights[name]
             weights[name] = w[:, :dv].clone() if level_readout == "shared" else torch.cat([w, w], dim=1)
         model.load_state_dict(weights)
+        model.requires_grad_(any(p.requires_grad for p in self.parameters()))
         return model.to(self.lm_head.weight.device).train(self.training)
 
     @torch.no_grad()

@@ -93,6 +93,23 @@ def test_level_readout_of_fresh_and_initialised_models(tmp_path):
         cfg_for(tmp_path, "--level-readout", "both")
 
 
+def test_a_run_saved_before_level_readout_existed_resumes_with_its_own(tmp_path):
+    """Runs saved before the option have no level_readout anywhere; their models had per-level columns."""
+    first = cfg_for(tmp_path, "--max-steps", "2", "--checkpoint-every", "1", "--level-readout", "separate")
+    train(first, log=lambda s: None, controller=FunctionController(write_first))
+    run = tmp_path / "run"
+    trainer = json.loads((run / "trainer.json").read_text())
+    model_json = run / trainer["checkpoint"] / "ahm_model.json"
+    for path, strip in ((run / "trainer.json", lambda d: d["state"]["config"]),
+                        (model_json, lambda d: d["config"])):
+        data = json.loads(path.read_text())
+        del strip(data)["level_readout"]
+        path.write_text(json.dumps(data))
+    resumed = train(cfg_for(tmp_path, "--max-steps", "2", "--checkpoint-every", "1", "--resume"),
+                    log=lambda s: None, controller=FunctionController(write_first))
+    assert resumed.steps == 2 and resumed.model.config.level_readout == "separate"
+
+
 def test_initialisation_options():
     from ahm.cli import parse_config
 

@@ -238,13 +238,14 @@ class TrainLMConfig:
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainLMConfig)}
 
 
-def build_model(cfg: TrainLMConfig, vocab_size: int) -> AHMModel:
-    """A fresh AHM model for ``cfg`` (initialised from torch's global generator)."""
+def build_model(cfg: TrainLMConfig, vocab_size: int, level_readout: str | None = None) -> AHMModel:
+    """A fresh AHM model for ``cfg`` (initialised from torch's global generator); ``level_readout`` overrides
+    ``cfg.level_readout`` (default ``shared``)."""
     backbone = MambaConfig(vocab_size=vocab_size, d_model=cfg.d_model, n_layer=cfg.n_layer, d_state=cfg.d_state)
     model = AHMModel(AHMConfig(backbone, chunk_size=cfg.chunk_size, wm_slots=cfg.wm_slots,
                                ltm_capacity=cfg.ltm_capacity, key_dim=cfg.key_dim, value_dim=cfg.value_dim or None,
                                ltm_codec=cfg.ltm_codec, integration=cfg.integration,
-                               level_readout=cfg.level_readout or "shared"))
+                               level_readout=level_readout or cfg.level_readout or "shared"))
     # AHMModel starts its integration projection at zero (an untrained AHM model is its backbone LM). Trained
     # from scratch, that zero is a saddle: the projection learns only once the stored values carry the answer,
     # and the backbone learns to store it only through the projection. A small random start breaks the tie
@@ -490,6 +491,19 @@ def _distributed() -> tuple[int, int]:
     return dist.get_rank(), world
 
 
+def _saved_level_readout(cfg: TrainLMConfig, out_dir: Path) -> str | None:
+    """With --resume / --eval and no --level-readout: the level readout of the checkpoint being continued (runs
+    saved before the option existed were built with per-level columns, ``separate``); else None (the config's).
+    An unreadable checkpoint gives None, and loading it then raises with the reason."""
+    if not (cfg.resume or cfg.eval) or cfg.level_readout:
+        return None
+    try:
+        meta = json.loads((current_model_dir(out_dir) / "ahm_model.json").read_text())
+        return AHMConfig.from_dict(meta["config"]).level_readout
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _lr_lambda(max_steps: int) -> Callable[[int], float]:
     warmup = max(1, max_steps // 20)
     return lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max_steps)))
@@ -531,7 +545,7 @@ def train(cfg: TrainLMConfig, log: Callable[[str], None] = print, controller: Co
                              f"{cfg.chunk_size}; make them equal")
         if cfg.level_readout:
             model = model.with_level_readout(cfg.level_readout)
-    model = model if model is not None else build_model(cfg, source.vocab_size)
+    model = model if model is not None else build_model(cfg, source.vocab_size, _saved_level_readout(cfg, out_dir))
     controller = controller if controller is not None else make_controller(cfg.controller)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.max_steps))
