@@ -301,22 +301,15 @@ def test_gradients_reach_both_poolings():
     assert model.write_position.grad[1].abs().sum() > 0 and model.write_position.grad[0].abs().sum() > 0
 
 
-def test_checkpoints_saved_before_split_pooling_load_as_shared():
+@pytest.mark.parametrize("name, before, default", [("write_pooling", "shared", "split"),
+                                                    ("level_readout", "separate", "shared")])
+def test_checkpoints_saved_before_a_field_existed_load_as_the_model_they_were(name, before, default):
     saved = small_config().to_dict()
-    del saved["write_pooling"]
-    assert AHMConfig.from_dict(saved).write_pooling == "shared"
-    assert AHMConfig.from_dict(small_config().to_dict()).write_pooling == "split"
-    with pytest.raises(ValueError, match="write_pooling"):
-        small_config(write_pooling="mean")
-
-
-def test_checkpoints_saved_before_level_readout_load_as_separate():
-    saved = small_config().to_dict()
-    del saved["level_readout"]
-    assert AHMConfig.from_dict(saved).level_readout == "separate"
-    assert AHMConfig.from_dict(small_config().to_dict()).level_readout == "shared"
-    with pytest.raises(ValueError, match="level_readout"):
-        small_config(level_readout="concat")
+    del saved[name]
+    assert getattr(AHMConfig.from_dict(saved), name) == before
+    assert getattr(AHMConfig.from_dict(small_config().to_dict()), name) == default
+    with pytest.raises(ValueError, match=name):
+        small_config(**{name: "mean"})
 
 
 @pytest.mark.parametrize("level_readout", ["shared", "separate"])
