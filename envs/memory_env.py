@@ -79,7 +79,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AHMMemoryEnv", "AHMMemoryConfig", "EpisodeBatch", "MemoryOpsSpace", "ACTION_COMPONENTS", "OBSERVATION_KEYS",
-    "DEFAULT_BACKBONE", "random_backbone", "save_ahm_checkpoint", "load_ahm_checkpoint", "observation_arrays",
+    "DEFAULT_BACKBONE", "random_backbone", "save_ahm_checkpoint", "load_ahm_checkpoint", "load_ahm_config",
+    "observation_arrays",
 ]
 
 ACTION_COMPONENTS = ("write_slot", "evict_to_ltm", "retrieve", "forget_slot", "ltm_forget")
@@ -142,6 +143,28 @@ def save_ahm_checkpoint(directory: str | Path, model: AHMModel, extra: dict[str,
     atomic_write_bytes(directory / _META, json.dumps(meta, indent=1).encode())
 
 
+def load_ahm_config(directory: str | Path) -> AHMConfig:
+    """The :class:`AHMConfig` of a checkpoint saved by :func:`save_ahm_checkpoint` (reads its JSON only).
+
+    Raises:
+        FileNotFoundError: the JSON is missing. ValueError: it is corrupted.
+    """
+    return _read_meta(Path(directory))[0]
+
+
+def _read_meta(directory: Path) -> tuple[AHMConfig, dict[str, Any]]:
+    where = repr(str(directory))
+    if not (directory / _META).is_file():
+        raise FileNotFoundError(f"AHM checkpoint {where} has no {_META} (save one with save_ahm_checkpoint)")
+    try:
+        meta = json.loads((directory / _META).read_text())
+        if meta.get("format") != _FORMAT or meta.get("version") != _VERSION:
+            raise ValueError(f"format {meta.get('format')!r} version {meta.get('version')!r}")
+        return AHMConfig.from_dict(meta["config"]), meta
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"AHM checkpoint {where}: {_META} is not a saved AHMModel ({err})") from err
+
+
 def load_ahm_checkpoint(directory: str | Path, map_location: str = "cpu") -> tuple[AHMModel, dict[str, Any]]:
     """Load an :class:`AHMModel` saved by :func:`save_ahm_checkpoint` (never executes code); returns it and ``extra``.
 
@@ -150,16 +173,9 @@ def load_ahm_checkpoint(directory: str | Path, map_location: str = "cpu") -> tup
     """
     directory = Path(directory)
     where = repr(str(directory))
-    for name in (_META, _WEIGHTS):
-        if not (directory / name).is_file():
-            raise FileNotFoundError(f"AHM checkpoint {where} has no {name} (save one with save_ahm_checkpoint)")
-    try:
-        meta = json.loads((directory / _META).read_text())
-        if meta.get("format") != _FORMAT or meta.get("version") != _VERSION:
-            raise ValueError(f"format {meta.get('format')!r} version {meta.get('version')!r}")
-        config = AHMConfig.from_dict(meta["config"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"AHM checkpoint {where}: {_META} is not a saved AHMModel ({err})") from err
+    config, meta = _read_meta(directory)
+    if not (directory / _WEIGHTS).is_file():
+        raise FileNotFoundError(f"AHM checkpoint {where} has no {_WEIGHTS} (save one with save_ahm_checkpoint)")
     try:
         weights = load_file(str(directory / _WEIGHTS), device=map_location)
     except (SafetensorError, OSError, RuntimeError) as err:
@@ -200,8 +216,8 @@ def resolve_backbone(backbone: AHMModel | str | Path | None, vocab_size: int, lt
     if backbone is None:
         shipped = shipped_backbone_path(task)
         if shipped is not None:
-            saved = json.loads((shipped / _META).read_text())["config"]
-            if ltm_codec in (None, saved["ltm_codec"]) and integration in (None, saved["integration"]):
+            saved = load_ahm_config(shipped)
+            if ltm_codec in (None, saved.ltm_codec) and integration in (None, saved.integration):
                 backbone = shipped
     if backbone is None or backbone == "random":
         model = random_backbone(vocab_size, ltm_codec or "int8", integration or "readout")

@@ -56,6 +56,7 @@ from ahm.envs.memory_env import (
     AHMMemoryConfig,
     EpisodeBatch,
     load_ahm_checkpoint,
+    load_ahm_config,
     observation_arrays,
     save_ahm_checkpoint,
 )
@@ -498,9 +499,8 @@ def _saved_level_readout(cfg: TrainLMConfig, out_dir: Path) -> str | None:
     if not (cfg.resume or cfg.eval) or cfg.level_readout:
         return None
     try:
-        meta = json.loads((current_model_dir(out_dir) / "ahm_model.json").read_text())
-        return AHMConfig.from_dict(meta["config"]).level_readout
-    except (OSError, ValueError, KeyError, TypeError):
+        return load_ahm_config(current_model_dir(out_dir)).level_readout
+    except (OSError, ValueError, KeyError):
         return None
 
 
