@@ -9,7 +9,7 @@ models, plain torch modules and any callable the same way.
 Conventions (b environments, K working-memory slots):
 
 * ``observation``: the env's Dict observation with a leading b axis, ``{key: (b, ...) float32}``;
-* ``action_mask``: ``(b, 2 K + 11)`` bool, the env's ``action_masks()`` (valid values per component);
+* ``action_mask``: ``(b, 2 K + 12)`` bool, the env's ``action_masks()`` (valid values per component);
 * ``info``: the env's info as a nested dict of ``(b, ...)`` arrays (the vector env's info without
   Gymnasium's ``_key`` masks; :func:`batch_info` turns a single env's info into it). Only the
   ``oracle`` reads it (``info["ground_truth"]``); every other controller must ignore it;

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from ahm.envs import ACTION_COMPONENTS
+from ahm.envs import ACTION_COMPONENTS, action_nvec
 from ahm.envs.streams import FACT_KINDS
 
 __all__ = ["NoMemoryController", "RandomController", "WriteAllController", "LRUController", "SurpriseController",
@@ -60,11 +60,11 @@ def _size(observation: Mapping[str, np.ndarray]) -> tuple[int, int]:
 
 def _nvec(k: int) -> list[int]:
     """The number of values of each action component for K slots (``AHMMemoryEnv``'s MultiDiscrete)."""
-    return [k + 1, 2, 4, k + 1, 3]
+    return action_nvec(k).tolist()
 
 
 def component_masks(action_mask: np.ndarray | None, b: int, k: int) -> list[np.ndarray]:
-    """The flat (b, 2 K + 11) mask split into the five components' (b, n_j) masks (all True if None).
+    """The flat (b, 2 K + 12) mask split into the five components' (b, n_j) masks (all True if None).
 
     Raises ``ValueError`` if the shape is wrong or a row allows no value of some component.
     """
@@ -157,9 +157,9 @@ def conform_to_mask(actions: np.ndarray, action_mask: np.ndarray | None) -> np.n
 
 
 def _nvec_to_k(width: int) -> int:
-    if width < 13 or (width - 11) % 2:
-        raise ValueError(f"an action mask has 2 K + 11 entries per environment, got {width}")
-    return (width - 11) // 2
+    if width < 14 or width % 2:
+        raise ValueError(f"an action mask has 2 K + 12 entries per environment, got {width}")
+    return (width - 12) // 2
 
 
 class _Stateless:

@@ -54,6 +54,7 @@ from stable_baselines3.common.vec_env import VecMonitor
 from torch import Tensor, nn
 
 from ahm.backbone.checkpoint import atomic_write_bytes
+from ahm.envs.memory_env import action_nvec
 from ahm.envs.vector_env import AHMMemoryVectorEnv, SB3VecEnvAdapter, noop_invalid_actions
 
 __all__ = [
@@ -98,7 +99,7 @@ def algo_name(model: Any) -> str:
 
 def _nvec_for(wm_slots: int) -> np.ndarray:
     """The env's action ``nvec`` for K working-memory slots (``AHMMemoryEnv``, "Action Space")."""
-    return np.array([wm_slots + 1, 2, 4, wm_slots + 1, 3], dtype=np.int64)
+    return action_nvec(wm_slots)
 
 
 FORGET_COMPONENTS = (3, 4)
@@ -168,7 +169,7 @@ class SB3Controller:
 
     def act(self, observation: Mapping[str, np.ndarray], action_mask: np.ndarray | None = None,
             info: Mapping[str, Any] | None = None, episode_start: np.ndarray | None = None) -> np.ndarray:
-        """(b, 5) int64 actions for observations ``{key: (b, ...)}``, masks (b, 2 K + 11) and starts (b,)."""
+        """(b, 5) int64 actions for observations ``{key: (b, ...)}``, masks (b, 2 K + 12) and starts (b,)."""
         missing = [k for k in self.keys if k not in observation]
         if missing:
             raise ValueError(f"observation lacks keys {missing} of the model's observation space {list(self.keys)}")
@@ -177,7 +178,7 @@ class SB3Controller:
         mask = None if action_mask is None else np.asarray(action_mask, dtype=bool).reshape(b, -1)
         if mask is not None and mask.shape[1] != int(self.nvec.sum()):
             raise ValueError(f"action_mask has {mask.shape[1]} entries per env; the model's action space needs "
-                             f"{int(self.nvec.sum())} (2 K + 11)")
+                             f"{int(self.nvec.sum())} (2 K + 12)")
         if self.algo == "maskable_ppo":
             actions, _ = self.model.predict(obs, deterministic=self.deterministic, action_masks=mask)
         elif self.algo == "recurrent_ppo":
@@ -208,7 +209,7 @@ class TorchPolicyController:
     Args:
         module: the policy network (called under ``torch.no_grad()``, in eval mode).
         nvec: the action space's ``nvec``; None derives it from the observation
-            (K = ``wm_occupied``'s width: ``[K + 1, 2, 4, K + 1, 3]``).
+            (K = ``wm_occupied``'s width: ``[K + 1, 2, 4, K + 1, 4]``).
         name: label for tables.
     """
 

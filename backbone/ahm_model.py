@@ -25,7 +25,7 @@ One chunk t of C tokens (:meth:`AHMModel.process_chunk`):
    ``MemoryObservation -> MemoryOps``) returns the :class:`MemoryOps`.
 5. **Memory operations**, in this order (:meth:`HierarchicalMemory.apply`):
    retrieve (with the query, from the memory as observed), forget (WM slot, then
-   LTM oldest / least used), evict-and-write (the displaced WM entry moves to LTM,
+   LTM oldest / least used / nearest to the chunk's key), evict-and-write (the displaced WM entry moves to LTM,
    compressed, if asked; then the new entry is written), then the clocks tick.
 6. r_t = [m_wm, m_ltm] (b, R) is carried in :class:`AHMState` to chunk t + 1. The integration reads it
    as ``W_r (m_wm + m_ltm)`` (``shared`` level readout: one projection for both levels, so an entry
@@ -70,14 +70,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "RETRIEVE_NONE", "RETRIEVE_WM", "RETRIEVE_LTM", "RETRIEVE_BOTH",
-    "LTM_FORGET_NONE", "LTM_FORGET_OLDEST", "LTM_FORGET_LEAST_USED",
+    "LTM_FORGET_NONE", "LTM_FORGET_OLDEST", "LTM_FORGET_LEAST_USED", "LTM_FORGET_NEAREST",
     "MemoryOps", "MemoryObservation", "OpMasks", "MemoryConfig", "MemoryReadout", "HierarchicalMemory",
     "Controller", "DefaultController", "NullController",
     "AHMConfig", "AHMState", "BoundaryFeatures", "ChunkFeatures", "MemoryStep", "ChunkOutput", "AHMModel",
 ]
 
 RETRIEVE_NONE, RETRIEVE_WM, RETRIEVE_LTM, RETRIEVE_BOTH = 0, 1, 2, 3
-LTM_FORGET_NONE, LTM_FORGET_OLDEST, LTM_FORGET_LEAST_USED = 0, 1, 2
+LTM_FORGET_NONE, LTM_FORGET_OLDEST, LTM_FORGET_LEAST_USED, LTM_FORGET_NEAREST = 0, 1, 2, 3
 INTEGRATIONS = ("readout", "state")
 WRITE_POOLINGS = ("split", "shared")
 LEVEL_READOUTS = ("shared", "separate")
@@ -103,7 +103,8 @@ class MemoryOps(NamedTuple):
     forget_slot: Tensor
     """-1 none; else 0..K-1: empty that (occupied) WM slot."""
     ltm_forget: Tensor
-    """0 none, 1 forget the oldest LTM entry, 2 the least used one."""
+    """0 none, 1 forget the oldest LTM entry, 2 the least used one, 3 the one whose key is nearest to this
+    chunk's key (its top-1 LTM match: how a key-value store is updated when the chunk re-assigns a key)."""
 
     @classmethod
     def noop(cls, batch: int, device: torch.device | str | None = None) -> MemoryOps:
@@ -130,11 +131,16 @@ class MemoryObservation(NamedTuple):
     wm_similarity: Tensor
     """(b, K): inner product of each slot's key with this chunk's query (a cosine: both are unit
     vectors in AHMModel); 0 for empty slots."""
+    wm_key_similarity: Tensor
+    """(b, K): inner product of each slot's key with this chunk's key (the write candidate's): high where a
+    slot holds an entry this chunk's write would duplicate or supersede; 0 for empty slots."""
     ltm_fill: Tensor
     """(b,): LTM entries / capacity."""
     ltm_topk_similarity: Tensor
     """(b, k_obs): the top-k LTM similarities to the query (codec's score: the inner product with the
     decoded key, or the hash codec's cosine estimate), best first; 0 where fewer entries exist."""
+    ltm_key_similarity: Tensor
+    """(b,): the top-1 LTM similarity to this chunk's key (the entry ``ltm_forget=3`` would forget); 0 if empty."""
 
 
 class OpMasks(NamedTuple):
@@ -149,7 +155,7 @@ class OpMasks(NamedTuple):
     forget_slot: Tensor
     """(b, K + 1): [none, slot 0 occupied, ...]."""
     ltm_forget: Tensor
-    """(b, 3): [none, oldest, least used]; the last two need a non-empty LTM."""
+    """(b, 4): [none, oldest, least used, nearest to the key]; the last three need a non-empty LTM."""
 
 
 Controller = Callable[[MemoryObservation], MemoryOps]
@@ -280,7 +286,7 @@ class HierarchicalMemory:
             evict_to_ltm=yes(2),
             retrieve=torch.stack([torch.ones_like(wm_any), wm_any, ltm_any, wm_any & ltm_any], 1),
             forget_slot=torch.cat([yes(1), self.wm.occupied], 1),
-            ltm_forget=torch.stack([torch.ones_like(ltm_any), ltm_any, ltm_any], 1),
+            ltm_forget=torch.stack([torch.ones_like(ltm_any), ltm_any, ltm_any, ltm_any], 1),
         )
 
     def validate(self, ops: MemoryOps) -> None:
@@ -305,7 +311,7 @@ class HierarchicalMemory:
             if bool(bad.any()):
                 raise IndexError(f"MemoryOps.{name}: slots {t[bad].tolist()} (sequences "
                                  f"{bad.nonzero().flatten().tolist()}) do not exist; use 0..{k - 1}, or -1 for none")
-        for name, n in (("evict_to_ltm", 2), ("retrieve", 4), ("ltm_forget", 3)):
+        for name, n in (("evict_to_ltm", 2), ("retrieve", 4), ("ltm_forget", 4)):
             t = getattr(ops, name)
             bad = (t < 0) | (t >= n)
             if bool(bad.any()):
@@ -387,7 +393,8 @@ class HierarchicalMemory:
 
         self.wm.forget(ops.forget_slot)
         for code, forget in ((LTM_FORGET_OLDEST, self.ltm.forget_oldest),
-                             (LTM_FORGET_LEAST_USED, self.ltm.forget_least_used)):
+                             (LTM_FORGET_LEAST_USED, self.ltm.forget_least_used),
+                             (LTM_FORGET_NEAREST, lambda which: self.ltm.forget_nearest(key, which))):
             which = ops.ltm_forget == code
             if bool(which.any()):
                 forget(which)
@@ -771,7 +778,7 @@ class AHMModel(nn.Module):
             return self._observe_ref(boundary, memory)
         c = self.config
         k = max(c.obs_topk, c.ltm_read_k)
-        o = path.observe(boundary.query.detach().float().numpy(), k)
+        o = path.observe(boundary.query.detach().float().numpy(), k, boundary.key.detach().float().numpy())
         t = torch.from_numpy
         scores = o.hit_scores[:, : c.obs_topk]
         obs = MemoryObservation(
@@ -780,8 +787,10 @@ class AHMModel(nn.Module):
             wm_age=t(o.wm_age.astype(np.float32)),
             wm_uses=t(o.wm_uses.astype(np.float32)),
             wm_similarity=t(o.wm_similarity),
+            wm_key_similarity=t(o.wm_key_similarity),
             ltm_fill=t(o.ltm_count.astype(np.float32) / np.float32(memory.ltm.capacity)),
             ltm_topk_similarity=t(np.where(np.isinf(scores), np.float32(0.0), scores)),
+            ltm_key_similarity=t(np.where(np.isinf(o.key_score), np.float32(0.0), o.key_score)),
         )
         return obs, LTMHits(t(o.hit_scores[:, None, :]), t(o.hit_indices[:, None, :]))
 
@@ -789,6 +798,7 @@ class AHMModel(nn.Module):
         """The torch reference of :meth:`observe`."""
         c = self.config
         query = boundary.query.detach()
+        key = boundary.key.detach()
         hits = memory.search_ltm(query, max(c.obs_topk, c.ltm_read_k))
         wm = memory.wm
         zero_inf = lambda t: torch.where(torch.isinf(t), torch.zeros_like(t), t).float()
@@ -798,8 +808,10 @@ class AHMModel(nn.Module):
             wm_age=wm.age.float(),
             wm_uses=wm.uses.float(),
             wm_similarity=zero_inf(wm.similarity(query)),
+            wm_key_similarity=zero_inf(wm.similarity(key)),
             ltm_fill=memory.ltm.fill(),
             ltm_topk_similarity=zero_inf(hits.scores[:, 0, : c.obs_topk]),
+            ltm_key_similarity=zero_inf(memory.search_ltm(key, 1).scores[:, 0, 0]),
         )
         return obs, hits
 

@@ -389,6 +389,17 @@ class LongTermMemory:
         """Forget the least used entry (then oldest, then lowest slot) of active (b,) sequences; as forget_oldest."""
         return self._forget_by(self._least_used(), active, "forget_least_used")
 
+    def forget_nearest(self, key: Tensor, active: Tensor | None = None) -> Tensor:
+        """Forget the entry whose key is nearest to ``key`` (b, dk) (the :meth:`search` top-1) of active sequences.
+
+        The update of a key-value store: an entry about to be superseded by a new one with
+        this key is removed first. Returns the forgotten slots (b,), -1 where inactive;
+        raises ValueError for an empty active sequence, as forget_oldest.
+        """
+        self._check_vec(key, (self.batch, self.config.key_dim), "forget_nearest: key")
+        slot = self.search(key.detach()[:, None, :], 1).indices[:, 0, 0]
+        return self._forget_by(slot, active, "forget_nearest")
+
     # ---------------------------------------------------------------- time and reset
     def tick(self, steps: int = 1) -> None:
         """Advance every sequence's clock by ``steps``."""

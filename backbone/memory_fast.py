@@ -56,14 +56,18 @@ class FastObservation(NamedTuple):
     """(b, K) int64."""
     wm_similarity: np.ndarray
     """(b, K) float32: <key, query>, 0 for empty slots."""
+    wm_key_similarity: np.ndarray
+    """(b, K) float32: <slot key, the chunk's key>, 0 for empty slots."""
     ltm_count: np.ndarray
     """(b,) int64."""
     hit_scores: np.ndarray
     """(b, k) float32: the top-k LTM similarities, best first, -inf where fewer entries exist."""
     hit_indices: np.ndarray
     """(b, k) int64: their slots, -1 where fewer entries exist."""
+    key_score: np.ndarray
+    """(b,) float32: the top-1 LTM similarity to the chunk's key, -inf for an empty LTM."""
     masks: np.ndarray
-    """(b, 2 K + 11) bool: :class:`OpMasks`' fields concatenated."""
+    """(b, 2 K + 12) bool: :class:`OpMasks`' fields concatenated."""
 
 
 class FastReadout(NamedTuple):
@@ -176,14 +180,16 @@ class MemoryFastPath:
         count = self._ltm_views()[-2]
         return occ.sum(1) * self._wm_entry_bytes + count * self._ltm_entry_bytes
 
-    def observe(self, query: np.ndarray, k: int) -> FastObservation:
-        """The memory as it is now, seen with ``query`` (b, dk) float32; ``k`` LTM hits."""
+    def observe(self, query: np.ndarray, k: int, key: np.ndarray) -> FastObservation:
+        """The memory as it is now, seen with ``query`` and the chunk's ``key`` (b, dk) float32; ``k`` LTM hits."""
         keys, _, occ, wstep, uses, _, clock = self._wm_views(write=False)
         kc, ks, _, _, locc, _, _, _, count, _ = self._ltm_views()
         hw = max(1, self.memory.ltm._high_water)
-        sim, age, hs, hi, masks = _observe_kernel(np.ascontiguousarray(query, dtype=np.float32), keys, occ, wstep,
-                                                  clock, kc, ks, locc, count, hw, k)
-        return FastObservation(occ.copy(), age, uses.copy(), sim, count.copy(), hs, hi, masks)
+        f32 = np.float32
+        sim, key_sim, age, hs, hi, key_score, masks = _observe_kernel(
+            np.ascontiguousarray(query, dtype=f32), np.ascontiguousarray(key, dtype=f32), keys, occ, wstep, clock,
+            kc, ks, locc, count, hw, k)
+        return FastObservation(occ.copy(), age, uses.copy(), sim, key_sim, count.copy(), hs, hi, key_score, masks)
 
     def apply(self, write_slot: np.ndarray, evict_to_ltm: np.ndarray, retrieve: np.ndarray, forget_slot: np.ndarray,
               ltm_forget: np.ndarray, key: np.ndarray, value: np.ndarray, query: np.ndarray, hits: np.ndarray,
@@ -224,22 +230,39 @@ def _dot_code(q, codes, scales, r, slot, d):
 
 
 @numba.njit(cache=True)
-def _observe_kernel(query, keys, occ, wstep, clock, kc, ks, locc, count, hw, k):
+def _nearest_code(x, kc, ks, locc, r, hw, dk):
+    """(slot, score) of the occupied LTM entry nearest to x (the first on ties); (-1, -inf) if none."""
+    best, best_sc = -1, np.float32(-np.inf)
+    for slot in range(hw):
+        if locc[r, slot]:
+            sc = np.float32(_dot_code(x, kc, ks, r, slot, dk))
+            if best < 0 or sc > best_sc:
+                best, best_sc = slot, sc
+    return best, best_sc
+
+
+@numba.njit(cache=True)
+def _observe_kernel(query, key, keys, occ, wstep, clock, kc, ks, locc, count, hw, k):
     b, n_slots, dk = keys.shape
     sim = np.zeros((b, n_slots), dtype=np.float32)
+    key_sim = np.zeros((b, n_slots), dtype=np.float32)
     age = np.zeros((b, n_slots), dtype=np.int64)
     hs = np.full((b, k), -np.inf, dtype=np.float32)
     hi = np.full((b, k), -1, dtype=np.int64)
-    masks = np.zeros((b, 2 * n_slots + 11), dtype=np.bool_)
+    key_score = np.full(b, -np.inf, dtype=np.float32)
+    masks = np.zeros((b, 2 * n_slots + 12), dtype=np.bool_)
     for r in range(b):
         wm_any = False
         for s in range(n_slots):
             if occ[r, s]:
                 wm_any = True
                 acc = 0.0
+                acc_key = 0.0
                 for j in range(dk):
                     acc += keys[r, s, j] * query[r, j]
+                    acc_key += keys[r, s, j] * key[r, j]
                 sim[r, s] = acc
+                key_sim[r, s] = acc_key
                 age[r, s] = clock[r] - wstep[r, s]
         # Top-k over the occupied prefix, best first; a later slot must beat (not tie) to pass an earlier one.
         n = 0
@@ -260,8 +283,10 @@ def _observe_kernel(query, keys, occ, wstep, clock, kc, ks, locc, count, hw, k):
                 hi[r, pos] = slot
                 if n < k:
                     n += 1
+        if count[r] > 0:
+            key_score[r] = _nearest_code(key[r], kc, ks, locc, r, hw, dk)[1]
         ltm_any = count[r] > 0
-        # [write_slot K + 1 | evict 2 | retrieve 4 | forget_slot K + 1 | ltm_forget 3]
+        # [write_slot K + 1 | evict 2 | retrieve 4 | forget_slot K + 1 | ltm_forget 4]
         for j in range(n_slots + 3):
             masks[r, j] = True
         o = n_slots + 3
@@ -277,7 +302,8 @@ def _observe_kernel(query, keys, occ, wstep, clock, kc, ks, locc, count, hw, k):
         masks[r, o] = True
         masks[r, o + 1] = ltm_any
         masks[r, o + 2] = ltm_any
-    return sim, age, hs, hi, masks
+        masks[r, o + 3] = ltm_any
+    return sim, key_sim, age, hs, hi, key_score, masks
 
 
 @numba.njit(cache=True)
@@ -366,7 +392,7 @@ def _apply_kernel(write, evict, retrieve, forget, ltm_forget, key, value, query,
     any_ltm = False
     for r in range(b):
         w, f, e, q, lf = write[r], forget[r], evict[r], retrieve[r], ltm_forget[r]
-        if w < -1 or w >= n_slots or f < -1 or f >= n_slots or e < 0 or e > 1 or q < 0 or q > 3 or lf < 0 or lf > 2:
+        if w < -1 or w >= n_slots or f < -1 or f >= n_slots or e < 0 or e > 1 or q < 0 or q > 3 or lf < 0 or lf > 3:
             return False, hw, wm_val, ltm_val, wm_w, ltm_w, ltm_idx, displaced, moved_slot
         wm_any = False
         for s in range(n_slots):
@@ -438,7 +464,7 @@ def _apply_kernel(write, evict, retrieve, forget, ltm_forget, key, value, query,
                 top = hits[r, best]
                 luses[r, top] += 1
                 llast[r, top] = lclock[r]
-        # Forget: the WM slot, then the LTM's oldest / least used entry.
+        # Forget: the WM slot, then the LTM's oldest / least used entry / the entry nearest to the chunk's key.
         f = forget[r]
         if f >= 0:
             keys[r, f, :] = 0.0
@@ -449,8 +475,11 @@ def _apply_kernel(write, evict, retrieve, forget, ltm_forget, key, value, query,
             last_read[r, f] = -1
         lf = ltm_forget[r]
         if lf > 0:
-            _ltm_clear(r, _oldest(r, hw, locc, lws, luses, lf == 2), kc, ks, vc, vs, locc, lws, luses, llast, lcount,
-                       kint8, vint8)
+            if lf == 3:
+                victim = _nearest_code(key[r], kc, ks, locc, r, hw, dk)[0]
+            else:
+                victim = _oldest(r, hw, locc, lws, luses, lf == 2)
+            _ltm_clear(r, victim, kc, ks, vc, vs, locc, lws, luses, llast, lcount, kint8, vint8)
         # Evict-and-write: a displaced entry moves to the LTM if asked, then the new entry is written.
         w = write[r]
         if w >= 0:

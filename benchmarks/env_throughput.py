@@ -40,7 +40,7 @@ from _common import markdown_table, peak_rss_mib
 
 
 def policy(masks: np.ndarray, step: int, slots: int) -> np.ndarray:
-    """A cheap valid policy for (n, 2K + 11) masks: write slot ``step % K``, evict to LTM, retrieve what is allowed."""
+    """A cheap valid policy for (n, 2K + 12) masks: write slot ``step % K``, evict to LTM, retrieve what is allowed."""
     n = masks.shape[0]
     r = slots + 1 + 2  # offset of the retrieve component
     retrieve = np.where(masks[:, r + 3], 3, np.where(masks[:, r + 1], 1, np.where(masks[:, r + 2], 2, 0)))

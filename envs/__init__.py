@@ -30,6 +30,7 @@ _LAZY = {
     "AHMMemoryEnv": "ahm.envs.memory_env", "AHMMemoryConfig": "ahm.envs.memory_env",
     "EpisodeBatch": "ahm.envs.memory_env", "ACTION_COMPONENTS": "ahm.envs.memory_env",
     "OBSERVATION_KEYS": "ahm.envs.memory_env", "DEFAULT_BACKBONE": "ahm.envs.memory_env",
+    "action_nvec": "ahm.envs.memory_env",
     "random_backbone": "ahm.envs.memory_env", "save_ahm_checkpoint": "ahm.envs.memory_env",
     "load_ahm_checkpoint": "ahm.envs.memory_env",
     "AHMMemoryVectorEnv": "ahm.envs.vector_env", "SB3VecEnvAdapter": "ahm.envs.vector_env",

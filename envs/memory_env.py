@@ -79,15 +79,21 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AHMMemoryEnv", "AHMMemoryConfig", "EpisodeBatch", "MemoryOpsSpace", "ACTION_COMPONENTS", "OBSERVATION_KEYS",
-    "DEFAULT_BACKBONE", "random_backbone", "save_ahm_checkpoint", "load_ahm_checkpoint", "load_ahm_config",
-    "observation_arrays",
+    "DEFAULT_BACKBONE", "action_nvec", "random_backbone", "save_ahm_checkpoint", "load_ahm_checkpoint",
+    "load_ahm_config", "observation_arrays",
 ]
 
 ACTION_COMPONENTS = ("write_slot", "evict_to_ltm", "retrieve", "forget_slot", "ltm_forget")
 """The five components of an action, in order (the :class:`~ahm.backbone.MemoryOps` fields)."""
 
-OBSERVATION_KEYS = ("ssm_features", "wm_occupied", "wm_age", "wm_uses", "wm_similarity", "ltm_fill",
-                    "ltm_topk_similarity", "progress")
+def action_nvec(wm_slots: int) -> np.ndarray:
+    """The number of values of each action component for K = ``wm_slots`` (the env's ``MultiDiscrete`` nvec):
+    ``[K + 1, 2, 4, K + 1, 4]``; a flat action mask has their sum, 2 K + 12, entries (see the env's docstring)."""
+    return np.array([wm_slots + 1, 2, 4, wm_slots + 1, 4], dtype=np.int64)
+
+
+OBSERVATION_KEYS = ("ssm_features", "wm_occupied", "wm_age", "wm_uses", "wm_similarity", "wm_key_similarity",
+                    "ltm_fill", "ltm_topk_similarity", "ltm_key_similarity", "progress")
 """The keys of an observation, in the order of the Dict space."""
 
 OP_COUNTERS = ("writes", "moves_to_ltm", "drops", "retrievals_wm", "retrievals_ltm", "forgets_wm", "forgets_ltm")
@@ -434,7 +440,7 @@ class EpisodeBatch:
         self.feature_dim = mc.feature_dim
         widths = (self.feature_dim, dk, dv, dk, d)
         self._splits = np.cumsum((0, *widths))
-        self.nvec = np.array([k + 1, 2, 4, k + 1, 3], dtype=np.int64)
+        self.nvec = action_nvec(k)
         self._mask_offsets = np.concatenate([[0], np.cumsum(self.nvec)[:-1]])
         self.observation_space = spaces.Dict({
             "ssm_features": spaces.Box(-1.0, 1.0, (self.feature_dim,), np.float32),
@@ -442,8 +448,10 @@ class EpisodeBatch:
             "wm_age": spaces.Box(0.0, 1.0, (k,), np.float32),
             "wm_uses": spaces.Box(0.0, 1.0, (k,), np.float32),
             "wm_similarity": spaces.Box(-1.0, 1.0, (k,), np.float32),
+            "wm_key_similarity": spaces.Box(-1.0, 1.0, (k,), np.float32),
             "ltm_fill": spaces.Box(0.0, 1.0, (1,), np.float32),
             "ltm_topk_similarity": spaces.Box(-1.0, 1.0, (mc.obs_topk,), np.float32),
+            "ltm_key_similarity": spaces.Box(-1.0, 1.0, (1,), np.float32),
             "progress": spaces.Box(0.0, 1.0, (1,), np.float32),
         })
         self._inv_temperature = model.log_inv_temperature.detach().exp()
@@ -604,7 +612,7 @@ class EpisodeBatch:
         self._packed_np = packed
         self._packed_now = torch.from_numpy(packed)
         s, c = self._splits, self.model.config
-        o = path.observe(packed[:, s[3] : s[4]], max(c.obs_topk, self._read_k))
+        o = path.observe(packed[:, s[3] : s[4]], max(c.obs_topk, self._read_k), packed[:, s[1] : s[2]])
         self._fast_obs = o
         self._hits = o.hit_indices[:, : self._read_k]
         self.masks = o.masks
@@ -619,8 +627,11 @@ class EpisodeBatch:
             "wm_age": np.minimum(o.wm_age.astype(np.float32) / n, one),
             "wm_uses": uses / (one + uses),
             "wm_similarity": np.clip(o.wm_similarity, -1.0, 1.0),
+            "wm_key_similarity": np.clip(o.wm_key_similarity, -1.0, 1.0),
             "ltm_fill": np.clip(o.ltm_count.astype(np.float32) / np.float32(path.capacity), 0.0, 1.0)[:, None],
             "ltm_topk_similarity": np.clip(np.where(np.isinf(topk), np.float32(0.0), topk), -1.0, 1.0),
+            "ltm_key_similarity": np.clip(np.where(np.isinf(o.key_score), np.float32(0.0), o.key_score),
+                                          -1.0, 1.0)[:, None],
             "progress": np.minimum((self.t + 1) / n, 1.0).astype(np.float32)[:, None],
         }
         return self.observation
@@ -901,8 +912,10 @@ def observation_arrays(obs: MemoryObservation, chunk: np.ndarray, n_chunks: int)
         "wm_age": np.minimum(obs.wm_age.cpu().numpy() / n, np.float32(1.0)),
         "wm_uses": uses / (np.float32(1.0) + uses),
         "wm_similarity": np.clip(obs.wm_similarity.cpu().numpy(), -1.0, 1.0),
+        "wm_key_similarity": np.clip(obs.wm_key_similarity.cpu().numpy(), -1.0, 1.0),
         "ltm_fill": np.clip(obs.ltm_fill.cpu().numpy()[:, None], 0.0, 1.0),
         "ltm_topk_similarity": np.clip(obs.ltm_topk_similarity.cpu().numpy(), -1.0, 1.0),
+        "ltm_key_similarity": np.clip(obs.ltm_key_similarity.cpu().numpy()[:, None], -1.0, 1.0),
         "progress": np.minimum((np.asarray(chunk) + 1) / n, 1.0).astype(np.float32)[:, None],
     }
 
@@ -964,15 +977,17 @@ class AHMMemoryEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     | ``wm_age`` | (K,) | [0, 1] | chunks since the slot was written / n_chunks (0 if empty) |
     | ``wm_uses`` | (K,) | [0, 1] | ``u / (1 + u)`` for u reads whose top-1 was the slot |
     | ``wm_similarity`` | (K,) | [-1, 1] | cosine of each slot's key with this chunk's query (0 if empty) |
+    | ``wm_key_similarity`` | (K,) | [-1, 1] | cosine of each slot's key with this chunk's key, the write candidate's |
     | ``ltm_fill`` | (1,) | [0, 1] | LTM entries / capacity |
     | ``ltm_topk_similarity`` | (k,) | [-1, 1] | top-k LTM similarities to the query, clipped (0 if fewer entries) |
+    | ``ltm_key_similarity`` | (1,) | [-1, 1] | top-1 LTM similarity to this chunk's key (0 if the LTM is empty) |
     | ``progress`` | (1,) | [0, 1] | (t + 1) / n_chunks |
 
     Ground truth (where facts are, what is asked, answers) never enters it.
 
     ## Action Space
 
-    ``MultiDiscrete([K + 1, 2, 4, K + 1, 3])``, the :class:`~ahm.backbone.MemoryOps` of the chunk:
+    ``MultiDiscrete([K + 1, 2, 4, K + 1, 4])``, the :class:`~ahm.backbone.MemoryOps` of the chunk:
 
     | index | component | values |
     | --- | --- | --- |
@@ -980,14 +995,14 @@ class AHMMemoryEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     | 1 | ``evict_to_ltm`` | 0 drop the entry the write displaces; 1 move it to LTM (compressed) |
     | 2 | ``retrieve`` | 0 none, 1 WM, 2 LTM, 3 both |
     | 3 | ``forget_slot`` | 0 none; s + 1: empty WM slot s |
-    | 4 | ``ltm_forget`` | 0 none, 1 forget the oldest LTM entry, 2 the least used one |
+    | 4 | ``ltm_forget`` | 0 none, 1 forget the oldest LTM entry, 2 the least used one, 3 the nearest to the chunk's key |
 
     Order within a step: retrieve (from the memory as observed), forget, evict-and-write.
     The space is a :class:`MemoryOpsSpace`: its unmasked ``sample()`` draws only
     operations valid in every state (write / evict at random, no retrieve or forget);
     ``action_space.sample(mask=env.action_mask_tuple())`` samples among the valid ones.
     :meth:`action_masks` gives the valid values as one flat boolean vector of
-    ``2 K + 11`` entries (the per-component masks concatenated, as sb3-contrib's
+    ``2 K + 12`` entries (the per-component masks concatenated, as sb3-contrib's
     ``MaskablePPO`` expects); an invalid action (retrieving from an empty level,
     forgetting an empty slot or from an empty LTM) raises ``ValueError`` naming the
     component.
@@ -1068,10 +1083,10 @@ class AHMMemoryEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         >>> env = gym.make("AHMMemory-v0", seq_len=2048, chunk_size=64)
         >>> obs, info = env.reset(seed=0)
         >>> sorted(obs) == sorted(ahm.envs.OBSERVATION_KEYS), env.action_space
-        (True, MultiDiscrete([9 2 4 9 3]))
+        (True, MultiDiscrete([9 2 4 9 4]))
         >>> mask = env.unwrapped.action_masks()
         >>> mask.shape, bool(mask[8 + 1 + 2 + 1])  # retrieve from WM: invalid while the WM is empty
-        ((27,), False)
+        ((28,), False)
         >>> obs, reward, terminated, truncated, info = env.step([1, 0, 0, 0, 0])  # write into slot 0
         >>> info["memory"]["wm_entries"], info["memory"]["writes"]
         (1, 1)
@@ -1136,7 +1151,7 @@ class AHMMemoryEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         return obs, float(out.reward[0]), bool(out.terminated[0]), bool(out.truncated[0]), row_info(out.info, 0)
 
     def action_masks(self) -> np.ndarray:
-        """(2 K + 11,) bool: the valid values of each action component now, concatenated (for MaskablePPO)."""
+        """(2 K + 12,) bool: the valid values of each action component now, concatenated (for MaskablePPO)."""
         return self._episodes.masks[0].copy()
 
     def action_mask_tuple(self) -> tuple[np.ndarray, ...]:

@@ -38,7 +38,7 @@ def render_ansi(s: dict[str, Any]) -> str:
         f"correct {s['correct']}  last reward {s['last_reward']:+.4f}",
         f"last action: write {'-' if a[0] == 0 else a[0] - 1}  evict {'LTM' if a[1] else 'drop'}  "
         f"retrieve {_RETRIEVE[a[2]]}  forget {'-' if a[3] == 0 else a[3] - 1}  "
-        f"ltm_forget {('-', 'oldest', 'least used')[a[4]]}",
+        f"ltm_forget {('-', 'oldest', 'least used', 'nearest to key')[a[4]]}",
         "slot  used  age  uses  written at chunk  fact",
     ]
     for k, occupied in enumerate(s["occupied"]):

@@ -137,7 +137,7 @@ class AHMMemoryVectorEnv(VectorEnv):
     Arguments are those of :class:`~ahm.envs.memory_env.AHMMemoryEnv` plus ``num_envs``;
     ``gymnasium.make_vec(id, num_envs, vectorization_mode="vector_entry_point", **kwargs)``
     creates it. Observations are the single env's Dict with a leading ``num_envs``
-    axis; actions are ``(num_envs, 5)``; :meth:`action_masks` is ``(num_envs, 2 K + 11)``.
+    axis; actions are ``(num_envs, 5)``; :meth:`action_masks` is ``(num_envs, 2 K + 12)``.
 
     Example::
 
@@ -247,7 +247,7 @@ class AHMMemoryVectorEnv(VectorEnv):
         return s.observation, s.reward, s.terminated, s.truncated, info
 
     def action_masks(self) -> np.ndarray:
-        """(num_envs, 2 K + 11) bool: each sub-env's valid action values, per component concatenated."""
+        """(num_envs, 2 K + 12) bool: each sub-env's valid action values, per component concatenated."""
         return self._episodes.masks.copy()
 
     def render(self) -> tuple[Any, ...] | None:
@@ -286,7 +286,7 @@ class SB3VecEnvAdapter(VecEnv):
         ...                                      seq_len=2048, chunk_size=64))
         >>> obs = venv.reset()
         >>> obs["progress"].shape, len(venv.env_method("action_masks")), venv.env_method("action_masks")[0].shape
-        ((2, 1), 2, (27,))
+        ((2, 1), 2, (28,))
     """
 
     def __init__(self, env: AHMMemoryVectorEnv, info_keys: Iterable[str] | None = None,

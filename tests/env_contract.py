@@ -105,7 +105,7 @@ class EnvContract:
         # With an empty memory: every write is valid, retrieving / forgetting is not.
         assert parts[0].all() and parts[1].all()
         assert parts[2].tolist() == [1, 0, 0, 0] and parts[3].tolist() == [1] + [0] * (nvec[3] - 1)
-        assert parts[4].tolist() == [1, 0, 0]
+        assert parts[4].tolist() == [1, 0, 0, 0]
 
     # ---------------------------------------------------------------- episodes
     def test_episodes_have_the_documented_length(self):

@@ -66,7 +66,7 @@ class RandomController:
         retrieve = torch.where(ltm_any, retrieve, retrieve & 1)
         forget = r(k)
         forget = torch.where(occupied.gather(1, forget[:, None])[:, 0] & (r(3) == 0), forget, -1)
-        ltm_forget = torch.where(ltm_any & (r(4) == 0), 1 + r(2), 0)
+        ltm_forget = torch.where(ltm_any & (r(4) == 0), 1 + r(3), 0)
         return MemoryOps(r(k + 1) - 1, r(2), retrieve, forget, ltm_forget)
 
 
@@ -163,7 +163,8 @@ def test_observation_shapes_and_accounting():
     obs, memory = outs[-1].observation, outs[-1].state.memory
     b, k = 2, c.wm_slots
     shapes = {"ssm_features": (b, c.feature_dim), "wm_occupied": (b, k), "wm_age": (b, k), "wm_uses": (b, k),
-              "wm_similarity": (b, k), "ltm_fill": (b,), "ltm_topk_similarity": (b, c.obs_topk)}
+              "wm_similarity": (b, k), "wm_key_similarity": (b, k), "ltm_fill": (b,),
+              "ltm_topk_similarity": (b, c.obs_topk), "ltm_key_similarity": (b,)}
     for name, shape in shapes.items():
         t = getattr(obs, name)
         assert t.shape == shape and t.dtype == torch.float32 and not t.requires_grad, name
@@ -208,6 +209,34 @@ def test_op_masks_agree_with_validation():
     masks = memory.op_masks()
     assert torch.equal(masks.forget_slot[:, 1:], memory.wm.occupied)
     assert torch.equal(masks.retrieve[:, 2], memory.ltm.count > 0)
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_forgetting_the_ltm_entry_nearest_to_the_key_updates_a_re_assigned_key(fast):
+    """ltm_forget=3 removes the LTM entry whose key the chunk's key matches (not the query's match, not the
+    oldest), and the observation shows that match: wm/ltm_key_similarity are to the key, not to the query."""
+    from ahm.backbone import BoundaryFeatures, HierarchicalMemory
+
+    model = make_model(ltm_codec="none")
+    c = model.config
+    memory = HierarchicalMemory(1, c.memory_config())
+    eye = torch.eye(c.key_dim)
+    value = torch.zeros(1, c.resolved_value_dim)
+    write = lambda slot, key: memory.apply(MemoryOps.noop(1)._replace(write_slot=torch.tensor([slot]),
+                                                                      evict_to_ltm=torch.tensor([1])),
+                                           key, value, key, fast=fast)
+    with torch.no_grad():
+        for i in range(c.wm_slots + 3):  # keys e_0 .. e_5 written round-robin: e_0, e_1, e_2 moved to the LTM
+            write(i % c.wm_slots, eye[i : i + 1])
+        assert memory.ltm.count.tolist() == [3]
+        boundary = BoundaryFeatures(torch.zeros(1, c.feature_dim), eye[1:2], value, eye[4:5])  # key e_1, query e_4
+        obs, _ = model.observe(boundary, memory, fast=fast)
+        assert obs.ltm_key_similarity.tolist() == [1.0] and obs.ltm_topk_similarity[0, 0].item() == 0.0
+        assert obs.wm_key_similarity.tolist() == [[0.0, 0.0, 0.0]]  # e_3, e_4, e_5 in the WM
+        assert obs.wm_similarity.tolist() == [[0.0, 1.0, 0.0]]
+        slot_of_e1 = int(memory.ltm.write_step[0].argsort()[1])  # written second
+        memory.apply(MemoryOps.noop(1)._replace(ltm_forget=torch.tensor([3])), eye[1:2], value, eye[4:5], fast=fast)
+    assert memory.ltm.count.tolist() == [2] and not bool(memory.ltm.occupied[0, slot_of_e1])
 
 
 # ---------------------------------------------------------------- save / load

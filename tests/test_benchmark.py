@@ -138,7 +138,7 @@ def test_controller_sees_masks_infos_and_episode_starts():
     assert steps[0] != steps[1]
     assert [s for s in seen if s[0] == "reset"] == [("reset", 2), ("reset", 2)]  # two rounds
     acts = [s for s in seen if s[0] != "reset"]
-    assert all(s[0] == (2, 2 * K + 11) for s in acts)
+    assert all(s[0] == (2, 2 * K + 12) for s in acts)
     assert len(acts) == max(steps[:2]) + steps[2]
     first_round, second_round = acts[: max(steps[:2])], acts[max(steps[:2]):]
     assert first_round[0][1].all() and (first_round[0][3] == 0).all() and second_round[0][1].all()

@@ -94,7 +94,7 @@ def test_vector_env_metadata_spaces_and_invalid_actions():
     assert envs.metadata["autoreset_mode"] == AutoresetMode.SAME_STEP
     obs, _ = envs.reset(seed=0)
     assert envs.observation_space.contains(obs)
-    assert envs.unwrapped.action_masks().shape == (2, 27)
+    assert envs.unwrapped.action_masks().shape == (2, 28)
     with pytest.raises(ValueError, match=r"retrieve\) = 1 \(environment 1\) is invalid now"):
         envs.step(np.array([[0, 0, 0, 0, 0], [0, 0, 1, 0, 0]]))
     for _ in range(3):
@@ -112,7 +112,7 @@ def test_sb3_adapter_trains_maskable_ppo_and_reports_episode_ends():
     venv = SB3VecEnvAdapter(vec.unwrapped)
     assert is_masking_supported(venv)
     obs = venv.reset()
-    assert get_action_masks(venv).shape == (2, 27)
+    assert get_action_masks(venv).shape == (2, 28)
     for _ in range(10):
         obs, rewards, dones, infos = venv.step(np.stack([venv.action_space.sample() for _ in range(2)]))
     assert dones.all() and all(i["TimeLimit.truncated"] for i in infos)

@@ -47,7 +47,7 @@ def offsets(k: int) -> np.ndarray:
 
 
 def allowed(mask: np.ndarray, actions: np.ndarray, k: int) -> np.ndarray:
-    """(b, 5) bool: whether each chosen component value is allowed by the (b, 2 K + 11) mask."""
+    """(b, 5) bool: whether each chosen component value is allowed by the (b, 2 K + 12) mask."""
     b = len(actions)
     return mask[np.arange(b)[:, None], offsets(k)[None] + actions]
 
@@ -147,7 +147,7 @@ def test_random_is_deterministic_in_its_seed_and_reset_reseeds(envs):
 
 def test_random_is_uniform_over_the_allowed_values_only():
     k, b = 3, 4000
-    mask = np.ones((b, 2 * k + 11), dtype=bool)
+    mask = np.ones((b, 2 * k + 12), dtype=bool)
     o = offsets(k)
     mask[:, o[2]:o[3]] = [False, True, False, True]  # retrieve: 1 or 3
     mask[:, o[3]:o[4]] = [True, False, True, True]  # forget: none, slot 1 or slot 2
@@ -169,7 +169,7 @@ def masked_batches(draw):
     k, b = draw(st.integers(1, 5)), draw(st.integers(1, 4))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     parts = []
-    for n in (k + 1, 2, 4, k + 1, 3):
+    for n in (k + 1, 2, 4, k + 1, 4):
         m = rng.random((b, n)) < draw(st.sampled_from([0.2, 0.5, 0.9]))
         m[np.arange(b), rng.integers(0, n, b)] = True
         parts.append(m)
@@ -214,11 +214,11 @@ def test_write_all_prefers_its_rule_and_falls_back_to_the_best_allowed_value(bat
 def test_masks_that_allow_nothing_or_have_the_wrong_shape_are_refused():
     obs = {"wm_occupied": np.zeros((2, 3), dtype=np.float32), "wm_age": np.zeros((2, 3), dtype=np.float32),
            "ltm_fill": np.zeros((2, 1), dtype=np.float32)}
-    mask = np.ones((2, 17), dtype=bool)
+    mask = np.ones((2, 18), dtype=bool)
     mask[1, offsets(3)[2]:offsets(3)[3]] = False
     with pytest.raises(ValueError, match=r"allows no value of 'retrieve' for environment\(s\) \[1\]"):
         WriteAllController().act(obs, mask)
-    with pytest.raises(ValueError, match=r"shape \(2, 17\)"):
+    with pytest.raises(ValueError, match=r"shape \(2, 18\)"):
         RandomController().act(obs, np.ones((2, 15), dtype=bool))
     with pytest.raises(ValueError, match="batched"):
         WriteAllController().act({k: v[0] for k, v in obs.items()})
@@ -226,7 +226,7 @@ def test_masks_that_allow_nothing_or_have_the_wrong_shape_are_refused():
 
 def test_conform_to_mask_keeps_allowed_values_and_replaces_others_by_the_lowest_allowed():
     k = 2
-    mask = np.ones((1, 2 * k + 11), dtype=bool)
+    mask = np.ones((1, 2 * k + 12), dtype=bool)
     o = offsets(k)
     mask[0, o[2]:o[3]] = [False, True, True, False]
     a = conform_to_mask(np.array([[2, 1, 3, 1, 0]]), mask)
@@ -274,7 +274,7 @@ def test_retrieve_reads_every_non_empty_level_and_what_the_mask_allows():
     obs = {"wm_occupied": np.array([[1, 0], [0, 0], [1, 1], [0, 0]], dtype=np.float32),
            "ltm_fill": np.array([[0.0], [0.5], [0.1], [0.0]], dtype=np.float32)}
     assert retrieve_from_available(obs, None).tolist() == [1, 2, 3, 0]
-    mask = np.ones((4, 2 * 2 + 11), dtype=bool)
+    mask = np.ones((4, 2 * 2 + 12), dtype=bool)
     mask[:, offsets(2)[2]:offsets(2)[3]] = [[1, 1, 1, 0], [1, 0, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1]]
     assert retrieve_from_available(obs, mask).tolist() == [1, 2, 0, 3]
 
@@ -291,7 +291,7 @@ def test_lru_keeps_the_slot_it_reads_and_otherwise_replaces_the_least_recently_u
     wm, lru, slots = SimulatedWM(3), LRUController(), []
     for _ in range(6):
         obs = wm.observation(similarity=[0.9, 0.1, 0.0])
-        mask = np.ones((1, 17), dtype=bool)
+        mask = np.ones((1, 18), dtype=bool)
         mask[0, offsets(3)[2] + 1:offsets(3)[3]] = False  # reads not allowed
         a = lru.act(obs, mask)[0]
         slots.append(a[0] - 1)

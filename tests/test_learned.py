@@ -29,7 +29,7 @@ from ahm.envs.vector_env import noop_invalid_actions
 torch.set_num_threads(1)
 
 SMALL = {"seq_len": 1024, "chunk_size": 64}
-NVEC = np.array([9, 2, 4, 9, 3])
+NVEC = np.array([9, 2, 4, 9, 4])
 OFFSETS = np.concatenate(([0], np.cumsum(NVEC)[:-1]))
 
 

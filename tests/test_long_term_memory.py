@@ -88,7 +88,7 @@ def test_read_combines_the_hits_and_counts_a_use():
 
 # ---------------------------------------------------------------- invariants against a reference model
 M, B, DK, DV = 5, 2, 2, 1
-LTM_OP = st.tuples(st.sampled_from(["write", "extend", "forget", "oldest", "least_used", "read", "tick"]),
+LTM_OP = st.tuples(st.sampled_from(["write", "extend", "forget", "oldest", "least_used", "nearest", "read", "tick"]),
                    st.lists(st.booleans(), min_size=B, max_size=B),
                    st.lists(st.integers(-3, 3), min_size=DK + DV, max_size=DK + DV),
                    st.integers(0, M - 1))
@@ -166,6 +166,16 @@ def test_eviction_and_bookkeeping_match_a_reference_under_random_operations(evic
             assert got.tolist() == want
             for ref, s in zip(refs, want):
                 ref.slots.pop(s, None)
+        elif kind == "nearest":
+            active = torch.tensor([f and bool(r.slots) for f, r in zip(flags, refs)])
+            got = ltm.forget_nearest(key, active).tolist()
+            for i, ref in enumerate(refs):
+                if not bool(active[i]):
+                    assert got[i] == -1
+                    continue
+                scores = {s: sum(a * b for a, b in zip(e[0], key[i].tolist())) for s, e in ref.slots.items()}
+                assert scores[got[i]] == max(scores.values())  # the nearest (any of tied ones)
+                ref.slots.pop(got[i])
         elif kind == "read":
             active = torch.tensor([f and bool(r.slots) for f, r in zip(flags, refs)])
             read = ltm.retrieve(key, k=3, mode="top1", active=active)

@@ -273,7 +273,7 @@ class ReplayController:
 
 
 def _flat_masks(memory: Any) -> Callable[[], Tensor]:
-    """A function returning the memory's valid-operation mask in the env's flat layout (b, 2 K + 11)."""
+    """A function returning the memory's valid-operation mask in the env's flat layout (b, 2 K + 12)."""
     return lambda: torch.cat(list(memory.op_masks()), dim=1)
 
 
