@@ -995,7 +995,7 @@ class AHMMemoryEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     | 1 | ``evict_to_ltm`` | 0 drop the entry the write displaces; 1 move it to LTM (compressed) |
     | 2 | ``retrieve`` | 0 none, 1 WM, 2 LTM, 3 both |
     | 3 | ``forget_slot`` | 0 none; s + 1: empty WM slot s |
-    | 4 | ``ltm_forget`` | 0 none, 1 forget the oldest LTM entry, 2 the least used one, 3 the nearest to the chunk's key |
+    | 4 | ``ltm_forget`` | 0 none; forget the LTM's 1 oldest entry, 2 least used one, 3 nearest to the chunk's key |
 
     Order within a step: retrieve (from the memory as observed), forget, evict-and-write.
     The space is a :class:`MemoryOpsSpace`: its unmasked ``sample()`` draws only
