@@ -238,6 +238,8 @@ class MemoryReadout(NamedTuple):
     """(b, k): attention over the LTM hits (zeros where not retrieved)."""
     ltm_indices: Tensor
     """(b, k): the LTM hits' slots (-1 none)."""
+    ltm_forgot: Tensor | None = None
+    """(b,) int64: the LTM slot this step's ``ltm_forget`` emptied, -1 where none (None: not reported)."""
 
     def vector(self) -> Tensor:
         """(b, 2 dv): [wm, ltm], the retrieved content r_t the integration consumes."""
@@ -371,7 +373,8 @@ class HierarchicalMemory:
             self.validate(ops)  # raises with the reason
             raise AssertionError("memory_fast refused operations that HierarchicalMemory.validate accepts")
         t = torch.from_numpy
-        return MemoryReadout(t(out.wm), t(out.ltm), t(out.wm_weights), t(out.ltm_weights), t(out.ltm_indices))
+        return MemoryReadout(t(out.wm), t(out.ltm), t(out.wm_weights), t(out.ltm_weights), t(out.ltm_indices),
+                             t(out.ltm_forgot))
 
     def _apply_ref(self, ops: MemoryOps, key: Tensor, value: Tensor, query: Tensor, ltm_hits: Tensor | None = None,
                    read_k: int = 4, inv_temperature: float | Tensor = 1.0) -> MemoryReadout:
@@ -392,12 +395,13 @@ class HierarchicalMemory:
             ltm_idx = torch.full_like(ltm_hits, -1)
 
         self.wm.forget(ops.forget_slot)
+        forgot = torch.full_like(ops.ltm_forget, -1)
         for code, forget in ((LTM_FORGET_OLDEST, self.ltm.forget_oldest),
                              (LTM_FORGET_LEAST_USED, self.ltm.forget_least_used),
                              (LTM_FORGET_NEAREST, lambda which: self.ltm.forget_nearest(key, which))):
             which = ops.ltm_forget == code
             if bool(which.any()):
-                forget(which)
+                forgot = torch.where(which, forget(which), forgot)
 
         writes = ops.write_slot >= 0
         displaced = writes & self.wm.occupied.gather(1, ops.write_slot.clamp(min=0)[:, None])[:, 0]
@@ -407,7 +411,7 @@ class HierarchicalMemory:
             self.ltm.write(entry.key, entry.value, active=move)
         self.wm.write(ops.write_slot, key, value)
         self.tick()
-        return MemoryReadout(wm_read.value, ltm_value, wm_read.weights, ltm_weights, ltm_idx)
+        return MemoryReadout(wm_read.value, ltm_value, wm_read.weights, ltm_weights, ltm_idx, forgot)
 
     def tick(self, steps: int = 1) -> None:
         """Advance both levels' clocks."""

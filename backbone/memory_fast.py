@@ -87,6 +87,8 @@ class FastReadout(NamedTuple):
     """(b,) bool: the write displaced an occupied WM entry (after this step's forget)."""
     moved_slot: np.ndarray
     """(b,) int64: the LTM slot the displaced entry moved to, -1 where none moved."""
+    ltm_forgot: np.ndarray
+    """(b,) int64: the LTM slot ``ltm_forget`` emptied, -1 where none."""
 
 
 def fast_path_unsupported(memory: HierarchicalMemory) -> str | None:
@@ -388,18 +390,19 @@ def _apply_kernel(write, evict, retrieve, forget, ltm_forget, key, value, query,
     ltm_idx = np.full((b, k), -1, dtype=np.int64)
     displaced = np.zeros(b, dtype=np.bool_)
     moved_slot = np.full(b, -1, dtype=np.int64)
+    forgot = np.full(b, -1, dtype=np.int64)
     # Validate every row before changing anything (HierarchicalMemory.validate).
     any_ltm = False
     for r in range(b):
         w, f, e, q, lf = write[r], forget[r], evict[r], retrieve[r], ltm_forget[r]
         if w < -1 or w >= n_slots or f < -1 or f >= n_slots or e < 0 or e > 1 or q < 0 or q > 3 or lf < 0 or lf > 3:
-            return False, hw, wm_val, ltm_val, wm_w, ltm_w, ltm_idx, displaced, moved_slot
+            return False, hw, wm_val, ltm_val, wm_w, ltm_w, ltm_idx, displaced, moved_slot, forgot
         wm_any = False
         for s in range(n_slots):
             wm_any = wm_any or occ[r, s]
         if ((q == 1 or q == 3) and not wm_any) or (q >= 2 and lcount[r] == 0) or (f >= 0 and not occ[r, f]) or (
                 lf > 0 and lcount[r] == 0):
-            return False, hw, wm_val, ltm_val, wm_w, ltm_w, ltm_idx, displaced, moved_slot
+            return False, hw, wm_val, ltm_val, wm_w, ltm_w, ltm_idx, displaced, moved_slot, forgot
         any_ltm = any_ltm or q >= 2
     raw = np.zeros(n_slots, dtype=np.float32)
     valid = np.zeros(max(n_slots, k), dtype=np.bool_)
@@ -480,6 +483,7 @@ def _apply_kernel(write, evict, retrieve, forget, ltm_forget, key, value, query,
             else:
                 victim = _oldest(r, hw, locc, lws, luses, lf == 2)
             _ltm_clear(r, victim, kc, ks, vc, vs, locc, lws, luses, llast, lcount, kint8, vint8)
+            forgot[r] = victim
         # Evict-and-write: a displaced entry moves to the LTM if asked, then the new entry is written.
         w = write[r]
         if w >= 0:
@@ -513,4 +517,4 @@ def _apply_kernel(write, evict, retrieve, forget, ltm_forget, key, value, query,
             last_read[r, w] = -1
         clock[r] += 1
         lclock[r] += 1
-    return True, hw, wm_val, ltm_val, wm_w, ltm_w, ltm_idx, displaced, moved_slot
+    return True, hw, wm_val, ltm_val, wm_w, ltm_w, ltm_idx, displaced, moved_slot, forgot

@@ -354,6 +354,9 @@ class _Annotations(NamedTuple):
     """(n,) int64: the fact that ends at chunk t, -1."""
     fact_kind: np.ndarray
     """(n,) int64: its kind as an index into ``FACT_KINDS`` (-1 none)."""
+    fact_query_chunk: np.ndarray
+    """(n,) int64: the chunk of the first query about the fact that ends at chunk t; -1 if it is never asked
+    (or no fact ends there): what the ``discard`` reward calls needed (asked later) and useless (never asked)."""
     n_targets: int
     last_chunk: int
     """The chunk after whose step the episode terminates (``stream.last_query_chunk``)."""
@@ -363,7 +366,7 @@ def _annotate(stream: TaskStream) -> _Annotations:
     n = stream.n_chunks
     target, target_fact, target_fact_chunk = (np.full(n, -1, dtype=np.int64) for _ in range(3))
     is_query = np.zeros(n, dtype=bool)
-    fact_at, fact_kind = np.full(n, -1, dtype=np.int64), np.full(n, -1, dtype=np.int64)
+    fact_at, fact_kind, fact_query_chunk = (np.full(n, -1, dtype=np.int64) for _ in range(3))
     for f in stream.facts:
         fact_at[f.chunk] = f.fact_id
         fact_kind[f.chunk] = FACT_KINDS.index(f.kind) if f.kind in FACT_KINDS else len(FACT_KINDS)
@@ -371,12 +374,14 @@ def _annotate(stream: TaskStream) -> _Annotations:
         for q in stream.queries:
             target[q.chunk], target_fact[q.chunk], is_query[q.chunk] = q.answer[0], q.fact_id, True
             target_fact_chunk[q.chunk] = stream.facts[q.fact_id].chunk
+            first = fact_query_chunk[target_fact_chunk[q.chunk]]
+            fact_query_chunk[target_fact_chunk[q.chunk]] = q.chunk if first < 0 else min(first, q.chunk)
     else:  # text: the first token of the next chunk, at every boundary but the last
         starts = np.arange(1, n) * stream.chunk_size
         target[: n - 1] = stream.tokens(0, stream.seq_len)[starts] if n > 1 else target[:0]
     n_targets = int((target >= 0).sum())
-    return _Annotations(target, target_fact, target_fact_chunk, is_query, fact_at, fact_kind, max(1, n_targets),
-                        stream.last_query_chunk)
+    return _Annotations(target, target_fact, target_fact_chunk, is_query, fact_at, fact_kind, fact_query_chunk,
+                        max(1, n_targets), stream.last_query_chunk)
 
 
 class _Episode(NamedTuple):
@@ -463,7 +468,7 @@ class EpisodeBatch:
         self._streams: list[TaskStream | None] = [None] * b
         self.stream_seeds = np.zeros(b, dtype=np.int64)
         self._ann = {name: np.full((b, n), -1, dtype=np.int64) for name in
-                     ("target", "target_fact", "target_fact_chunk", "fact_at", "fact_kind")}
+                     ("target", "target_fact", "target_fact_chunk", "fact_at", "fact_kind", "fact_query_chunk")}
         self._is_query = np.zeros((b, n), dtype=bool)
         self._n_targets = np.ones(b, dtype=np.int64)
         self._last_chunk = np.zeros(b, dtype=np.int64)
@@ -716,7 +721,7 @@ class EpisodeBatch:
                               packed[:, s[2] : s[3]], packed[:, s[3] : s[4]], self._hits, float(self._inv_temperature))
             if read is None:
                 raise AssertionError("memory_fast refused actions that check_actions accepted")
-            displaced, moved_slot = read.displaced, read.moved_slot
+            displaced, moved_slot, ltm_forgot = read.displaced, read.moved_slot, read.ltm_forgot
             moved = moved_slot >= 0
             retrieved_np = np.concatenate([read.wm, read.ltm], axis=1)  # (b, 2 dv)
             retrieved = torch.from_numpy(retrieved_np)
@@ -735,6 +740,7 @@ class EpisodeBatch:
             read = self.memory.apply(ops, boundary.key, boundary.value, boundary.query, self._hits, self._read_k,
                                      self._inv_temperature, fast=False)
             retrieved = read.vector()
+            ltm_forgot = read.ltm_forgot.cpu().numpy()
 
         # Score the answer at the boundary, from h_last and r_t (module doc, step 3).
         target = self._ann["target"][rows, t]
@@ -751,8 +757,17 @@ class EpisodeBatch:
             correct[idx], loss[idx], loss0[idx], entropy[idx], entropy0[idx] = out
             fact_weight = self._fact_read_weight(read, t)
 
-        # Bookkeeping: which chunk wrote each entry (origins move with evictions to LTM).
+        # Bookkeeping: which chunk wrote each entry (origins move with evictions to LTM; -1 marks an empty slot).
+        # Entries leaving the memory, by the chunk that wrote them: a forgotten WM slot, a displaced entry that is
+        # dropped, the LTM entry ltm_forget empties, and the one a move into a full LTM replaces.
+        left = [np.where(forgets, self._wm_origin[rows, np.maximum(forget, 0)], -1),
+                np.where(displaced & ~moved, moved_origin, -1)]
         self._wm_origin[rows[forgets], forget[forgets]] = -1
+        lf_rows = np.nonzero(ltm_forgot >= 0)[0]
+        left.append(np.full(self.batch, -1, dtype=np.int64))
+        left[-1][lf_rows] = self._ltm_origin[lf_rows, ltm_forgot[lf_rows]]
+        self._ltm_origin[lf_rows, ltm_forgot[lf_rows]] = -1
+        left.append(np.full(self.batch, -1, dtype=np.int64))
         if moved.any():
             mrows = np.nonzero(moved)[0]
             if path is None:  # the slot the entry went to: the one the LTM wrote at this step's clock
@@ -762,8 +777,15 @@ class EpisodeBatch:
                 fresh = (ltm.write_step[mt] == clock) & ltm.occupied[mt]
                 moved_slot = np.full(self.batch, -1, dtype=np.int64)
                 moved_slot[mrows] = fresh.to(torch.uint8).argmax(1).cpu().numpy()
+            left[-1][mrows] = self._ltm_origin[mrows, moved_slot[mrows]]  # >= 0: the LTM was full
             self._ltm_origin[mrows, moved_slot[mrows]] = moved_origin[mrows]
         self._wm_origin[rows[writes], write[writes]] = t[writes]
+        discarded_useless, discarded_needed = np.zeros((2, self.batch), dtype=np.int64)
+        for origin in left:
+            useless, needed = self._usefulness(origin, t)
+            discarded_useless += useless
+            discarded_needed += needed
+        written_useless = self._usefulness(np.where(writes, t, -1), t)[0]
         ltm_forgets = ltm_forget > 0
         counts = np.stack([writes, moved, displaced & ~moved, (retrieve == RETRIEVE_WM) | (retrieve == RETRIEVE_BOTH),
                            retrieve >= RETRIEVE_LTM, forgets, ltm_forgets], axis=1)
@@ -774,7 +796,9 @@ class EpisodeBatch:
         nbytes = path.nbytes() if path is not None else self.memory.nbytes().cpu().numpy()
         ctx = StepContext(scored=scored, correct=correct, loss=loss, loss_without_retrieval=loss0, entropy=entropy,
                           entropy_without_retrieval=entropy0, fact_read_weight=fact_weight, n_targets=self._n_targets,
-                          n_ops=counts.sum(1), memory_bytes=nbytes, episode_steps=self._episode_steps())
+                          n_ops=counts.sum(1), memory_bytes=nbytes, episode_steps=self._episode_steps(),
+                          written_useless=written_useless, discarded_useless=discarded_useless,
+                          discarded_needed=discarded_needed)
         rewards = self.reward_fn(ctx)
 
         if self.record:
@@ -820,6 +844,14 @@ class EpisodeBatch:
         origin = np.where(idx >= 0, self._ltm_origin[self._rows[:, None], np.maximum(idx, 0)], -1)
         ltm = (host(read.ltm_weights) * (origin == fact_chunk)).sum(1)
         return np.where(fact_chunk[:, 0] >= 0, wm + ltm, 0.0)
+
+    def _usefulness(self, origin: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(useless, needed) (b,) bool of entries written at chunk ``origin`` (b,) (-1 none), seen at chunk t:
+        useless holds a fact no query ever asks (stale, decoy); needed, one a query after chunk t asks."""
+        chunk = np.maximum(origin, 0)
+        fact = (origin >= 0) & (self._ann["fact_at"][self._rows, chunk] >= 0)
+        asked_at = self._ann["fact_query_chunk"][self._rows, chunk]
+        return fact & (asked_at < 0), fact & (asked_at > t)
 
     def _episode_steps(self) -> np.ndarray:
         steps = self._last_chunk + 1
@@ -1012,11 +1044,14 @@ class AHMMemoryEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     The weighted sum of :mod:`ahm.rewards` terms, each also in ``info["reward_terms"]``
     (weighted) and ``info["reward_terms_raw"]``. Defaults (:class:`~ahm.rewards.RewardWeights`):
     task outcome 1.0 (episode sum = accuracy), retrieval gain 0.1, store-then-use 0.5,
-    memory cost 0.01, information gain 0.05. Targets: a query's first answer token at
+    memory cost 0.01, information gain 0.05, discard 0 (off). Targets: a query's first answer token at
     the chunk where its cue ends; for ``text`` (no queries) the next token at every
     boundary. The readout is ``model.readout(h_last, r_t)``; retrieval gain and
     information gain compare it with ``r_t = 0``. In ``state`` integration r_t only
-    reaches the next chunk, so those two terms are 0 there.
+    reaches the next chunk, so those two terms are 0 there. Discard follows the entries by
+    the chunk that wrote them: it pays for an entry holding a never-asked fact (stale,
+    decoy) when it leaves the memory (forgotten, dropped by an overwrite, or replaced in a
+    full LTM), charges the same when one is written, and charges for one a later query asks.
 
     ## Starting State
 
@@ -1095,7 +1130,7 @@ class AHMMemoryEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         ...     obs, reward, terminated, truncated, info = env.step([0, 0, 1, 0, 0])  # retrieve from WM
         ...     steps += 1
         >>> steps == info["episode_steps"], sorted(info["reward_terms"])[:2]
-        (True, ['information_gain', 'memory_cost'])
+        (True, ['discard', 'information_gain'])
     """
 
     metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 30}

@@ -55,6 +55,13 @@ class StepContext(NamedTuple):
     """int: bytes held by the memory after this step (WM entries plus LTM codes)."""
     episode_steps: np.ndarray
     """int >= 1: the episode's length in steps (normalises per-step terms so their episode sum is a mean)."""
+    written_useless: np.ndarray
+    """int: entries this step wrote that hold a fact no query ever asks (a stale or a decoy fact)."""
+    discarded_useless: np.ndarray
+    """int: entries that left the memory this step (a forget, a displaced entry dropped, an LTM entry replaced when
+    full) holding a fact no query ever asks."""
+    discarded_needed: np.ndarray
+    """int: entries that left the memory this step holding a fact a later query asks."""
 
     @property
     def batch(self) -> int:

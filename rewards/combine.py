@@ -16,7 +16,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .base import RewardTerm, StepContext
-from .terms import InformationGain, MemoryCost, RetrievalGain, StoreThenUse, TaskOutcome
+from .terms import Discard, InformationGain, MemoryCost, RetrievalGain, StoreThenUse, TaskOutcome
 
 __all__ = ["RewardWeights", "RewardBreakdown", "RewardFunction"]
 
@@ -40,6 +40,9 @@ class RewardWeights:
     """Mean per-step cost of operations and bytes held (one op ~ 10 KiB held)."""
     information_gain: float = 0.05
     """Nats of answer entropy removed by retrieval (mean per target)."""
+    discard: float = 0.0
+    """Discarding a never-asked entry (stale, decoy) minus writing one, minus discarding a fact still to be asked.
+    Off by default: at 0.5 it did not raise PPO's accuracy on Forget and collapsed it on Decoy (README)."""
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -61,10 +64,10 @@ class RewardWeights:
         return asdict(self)
 
     def terms(self) -> list[RewardTerm]:
-        """The five built-in terms with these weights, in logging order."""
+        """The six built-in terms with these weights, in logging order."""
         return [TaskOutcome(self.task_outcome), RetrievalGain(self.retrieval_gain),
                 StoreThenUse(self.store_then_use), MemoryCost(self.memory_cost),
-                InformationGain(self.information_gain)]
+                InformationGain(self.information_gain), Discard(self.discard)]
 
 
 class RewardBreakdown(NamedTuple):
@@ -90,11 +93,12 @@ class RewardFunction:
         >>> ctx = StepContext(scored=one(True, bool), correct=one(True, bool), loss=one(0.1),
         ...                   loss_without_retrieval=one(2.1), entropy=one(0.5), entropy_without_retrieval=one(2.0),
         ...                   fact_read_weight=one(0.8), n_targets=one(1, int), n_ops=one(2, int),
-        ...                   memory_bytes=one(4096, int), episode_steps=one(100, int))
+        ...                   memory_bytes=one(4096, int), episode_steps=one(100, int), written_useless=one(0, int),
+        ...                   discarded_useless=one(1, int), discarded_needed=one(0, int))
         >>> out = reward(ctx)
         >>> [(k, round(float(v[0]), 3)) for k, v in out.weighted.items()]  # doctest: +NORMALIZE_WHITESPACE
         [('task_outcome', 1.0), ('retrieval_gain', 0.2), ('store_then_use', 0.4), ('memory_cost', -0.0),
-         ('information_gain', 0.075)]
+         ('information_gain', 0.075), ('discard', 0.0)]
         >>> round(float(out.total[0]), 3)
         1.675
     """

@@ -10,6 +10,8 @@
   ``-(op_cost ops + kib_cost KiB held) / episode_steps``; minus the mean cost per step.
 * :class:`InformationGain` (information-theoretic): ``(H(r=0) - H(r_t)) / n_targets`` at
   scored steps; the mean nats of answer entropy removed.
+* :class:`Discard` (the counterpart of store-then-use, for forgetting):
+  ``(discarded_useless - written_useless - discarded_needed) / n_targets``.
 
 Store-then-use credits the write: it pays at the step where an entry written at
 the fact's chunk is read for a correct answer, and the return carries that credit
@@ -27,7 +29,8 @@ import numpy as np
 
 from .base import RewardTerm, StepContext
 
-__all__ = ["TaskOutcome", "RetrievalGain", "StoreThenUse", "MemoryCost", "InformationGain", "DEFAULT_TERMS"]
+__all__ = ["TaskOutcome", "RetrievalGain", "StoreThenUse", "MemoryCost", "InformationGain", "Discard",
+           "DEFAULT_TERMS"]
 
 
 class TaskOutcome(RewardTerm):
@@ -88,5 +91,24 @@ class InformationGain(RewardTerm):
         return np.where(ctx.scored, ctx.entropy_without_retrieval - ctx.entropy, 0.0) / ctx.n_targets
 
 
-DEFAULT_TERMS: tuple[type[RewardTerm], ...] = (TaskOutcome, RetrievalGain, StoreThenUse, MemoryCost, InformationGain)
+class Discard(RewardTerm):
+    """Credit for discarding what is never asked, a penalty for discarding what will be, per target.
+
+    ``(discarded_useless - written_useless - discarded_needed) / n_targets``. The first two
+    are a potential-based shaping (Ng et al., 1999) with potential minus the useless entries
+    held (stale or decoy facts, which no query asks): writing one costs what discarding it
+    pays back, so writing and discarding cannot be farmed, and the credit for removing a
+    stale value arrives at the step that removes it, not at the query long after. The last
+    is a plain penalty for destroying a fact a later query asks. Entries of chunks that hold
+    no fact (filler, noise) and facts already asked count in neither.
+    """
+
+    name = "discard"
+
+    def _compute(self, ctx: StepContext) -> np.ndarray:
+        return (ctx.discarded_useless - ctx.written_useless - ctx.discarded_needed) / ctx.n_targets
+
+
+DEFAULT_TERMS: tuple[type[RewardTerm], ...] = (TaskOutcome, RetrievalGain, StoreThenUse, MemoryCost, InformationGain,
+                                               Discard)
 """The built-in terms, in the order they are logged (``RewardWeights`` has one field per term)."""

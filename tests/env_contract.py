@@ -127,7 +127,7 @@ class EnvContract:
     def test_reward_is_the_sum_of_the_logged_terms(self):
         for _, reward, _, _, info in rollout(self.make_env(), seed=4)[1:]:
             assert set(info["reward_terms"]) == {"task_outcome", "retrieval_gain", "store_then_use", "memory_cost",
-                                                 "information_gain"}
+                                                 "information_gain", "discard"}
             assert reward == pytest.approx(sum(info["reward_terms"].values()), abs=1e-12)
 
     # ---------------------------------------------------------------- invalid actions

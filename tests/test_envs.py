@@ -31,6 +31,7 @@ from ahm.envs import (
     random_backbone,
     save_ahm_checkpoint,
 )
+from ahm.envs.streams import FACT_KINDS
 from ahm.rewards import RewardTerm
 
 
@@ -203,6 +204,43 @@ def test_store_then_use_sees_the_entry_written_at_the_fact(via_ltm):
         if terminated:
             break
     assert info["targets"]["answered"] == 1
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_discard_reward_follows_the_entries_that_leave_memory(fast, monkeypatch):
+    """On a Forget stream: writing a stale fact costs 1 / n_targets and forgetting it pays it back; a target fact
+    moved to the LTM and forgotten there (ltm_forget=3, the entry nearest to the chunk's key: the only one) is
+    charged as needed, and the ground truth no longer finds it in the LTM."""
+    if not fast:
+        monkeypatch.setattr(ahm.envs.memory_env.EpisodeBatch, "_fast", lambda self: None)
+    env = make("AHMMemory-Forget-v0", reward_weights={"discard": 1.0})
+    obs, info = env.reset(seed=0)
+    stale, target = FACT_KINDS.index("stale"), FACT_KINDS.index("target")
+    plan: list[tuple[list[int], float]] = []  # the next steps' (action, discard * n_targets for what leaves)
+    done: list[str] = []
+    got, want = [], []
+    while True:
+        gt = info["ground_truth"]
+        n = info["targets"]["total"]
+        action, leaves = [0, 0, 0, 0, 0], 0.0
+        if plan:
+            action, leaves = plan.pop(0)
+        elif gt["fact_kind"] == stale and "stale" not in done:
+            done.append("stale")
+            action, plan = [1, 0, 0, 0, 0], [([0, 0, 0, 1, 0], 1.0)]  # write it into slot 0, then forget slot 0
+        elif gt["fact_kind"] == target and done == ["stale"]:
+            done.append("target")  # into slot 1, displaced into the LTM by the next write, forgotten there
+            action, plan = [2, 0, 0, 0, 0], [([2, 1, 0, 0, 0], 0.0), ([0, 0, 0, 0, 3], -1.0)]
+        writes_stale = action[0] > 0 and gt["fact_kind"] == stale
+        obs, _, terminated, _, info = env.step(np.array(action))
+        got.append(info["reward_terms_raw"]["discard"] * n)
+        want.append(leaves - writes_stale)
+        if action[4] == 3:
+            assert info["memory"]["ltm_entries"] == 0
+        if terminated:
+            break
+    assert done == ["stale", "target"]
+    np.testing.assert_allclose(got, want, atol=1e-12)
 
 
 # ---------------------------------------------------------------- registration, import, docs

@@ -13,6 +13,7 @@ import ahm.rewards.combine
 import ahm.rewards.terms
 from ahm.rewards import (
     DEFAULT_TERMS,
+    Discard,
     InformationGain,
     MemoryCost,
     RetrievalGain,
@@ -32,7 +33,9 @@ def context(**fields) -> StepContext:
         loss=np.array([0.5, 3.0, 0.0]), loss_without_retrieval=np.array([2.0, 2.5, 0.0]),
         entropy=np.array([0.4, 1.0, 0.0]), entropy_without_retrieval=np.array([1.4, 0.5, 0.0]),
         fact_read_weight=np.array([0.75, 0.9, 0.3]), n_targets=np.array([2, 4, 1]), n_ops=np.array([3, 0, 1]),
-        memory_bytes=np.array([2048, 0, 1024]), episode_steps=np.array([10, 10, 4]))
+        memory_bytes=np.array([2048, 0, 1024]), episode_steps=np.array([10, 10, 4]),
+        written_useless=np.array([1, 0, 0]), discarded_useless=np.array([0, 2, 1]),
+        discarded_needed=np.array([0, 1, 0]))
     base.update({k: np.asarray(v) for k, v in fields.items()})
     return StepContext(**base)
 
@@ -62,6 +65,21 @@ def test_information_gain_is_the_entropy_removed_per_target():
     np.testing.assert_allclose(InformationGain()(context()), [1.0 / 2, -0.5 / 4, 0.0])
 
 
+def test_discard_pays_for_removing_never_asked_entries_and_charges_for_writing_them_or_losing_needed_ones():
+    np.testing.assert_allclose(Discard()(context()), [-1 / 2, (2 - 1) / 4, 1.0])
+
+
+def test_discard_cannot_be_farmed_by_writing_and_discarding():
+    """Potential-based: a never-asked entry written then discarded nets zero; one kept to the end costs its write;
+    destroying a needed fact is a plain penalty."""
+    one = lambda w, d, x: {k: v[:1] for k, v in context(
+        written_useless=[w, 0, 0], discarded_useless=[d, 0, 0], discarded_needed=[x, 0, 0],
+        n_targets=[4, 1, 1])._asdict().items()}
+    steps = lambda seq: sum(float(Discard()(StepContext(**one(*op)))[0]) for op in seq)
+    assert steps([(1, 0, 0), (0, 1, 0)]) == 0.0
+    assert steps([(1, 0, 0)]) == -0.25 and steps([(0, 0, 1)]) == -0.25
+
+
 def test_episode_sums_are_means():
     """Over an episode of T steps with N targets, the outcome sums to the accuracy and the cost to the mean cost."""
     t, n = 8, 4
@@ -80,7 +98,7 @@ def test_episode_sums_are_means():
 
 def test_reward_function_weights_sums_and_logs_every_term():
     weights = RewardWeights(task_outcome=2.0, retrieval_gain=0.5, store_then_use=0.0, memory_cost=1.0,
-                            information_gain=0.25)
+                            information_gain=0.25, discard=0.75)
     out = RewardFunction.from_weights(weights)(context())
     assert list(out.weighted) == list(out.raw) == [cls.name for cls in DEFAULT_TERMS]
     for name, w in weights.to_dict().items():
@@ -91,10 +109,10 @@ def test_reward_function_weights_sums_and_logs_every_term():
 
 def test_default_weights_are_the_documented_ones():
     assert RewardWeights().to_dict() == {"task_outcome": 1.0, "retrieval_gain": 0.1, "store_then_use": 0.5,
-                                         "memory_cost": 0.01, "information_gain": 0.05}
-    assert [t.weight for t in RewardFunction.from_weights(None).terms] == [1.0, 0.1, 0.5, 0.01, 0.05]
+                                         "memory_cost": 0.01, "information_gain": 0.05, "discard": 0.0}
+    assert [t.weight for t in RewardFunction.from_weights(None).terms] == [1.0, 0.1, 0.5, 0.01, 0.05, 0.0]
     by_mapping = RewardFunction.from_weights({"memory_cost": 0.0})
-    assert [t.weight for t in by_mapping.terms] == [1.0, 0.1, 0.5, 0.0, 0.05]
+    assert [t.weight for t in by_mapping.terms] == [1.0, 0.1, 0.5, 0.0, 0.05, 0.0]
 
 
 def test_weights_are_validated():
@@ -114,7 +132,7 @@ class Bonus(RewardTerm):
 
 
 def test_a_custom_term_is_a_small_class_added_to_the_sum():
-    reward = RewardFunction.from_weights(RewardWeights(0, 0, 0, 0, 0), extra_terms=[Bonus(weight=0.5)])
+    reward = RewardFunction.from_weights(RewardWeights(0, 0, 0, 0, 0, 0), extra_terms=[Bonus(weight=0.5)])
     out = reward(context())
     np.testing.assert_allclose(out.total, [0.5, 0.0, 0.5])
     assert reward.names[-1] == "bonus" and out.raw["bonus"].tolist() == [1.0, 0.0, 1.0]
