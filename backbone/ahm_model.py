@@ -203,6 +203,12 @@ class MemoryConfig:
     """``soft`` (softmax attention) or ``top1``, for both levels."""
     ltm: LTMConfig = field(default_factory=LTMConfig)
     """The long-term memory; its key_dim / value_dim must equal the ones above."""
+    joint_read: bool = False
+    """How a read from both levels (``retrieve=3``) weighs them. False: each level's attention sums to one on its
+    own, so ``m_wm`` and ``m_ltm`` are each a full read, whatever their match. True: one attention over the WM's
+    slots and the LTM's hits together (``soft``: one softmax, i.e. each level's read scaled by its share of the
+    joint normaliser; ``top1``: only the level holding the best match reads), so the level without a match adds
+    next to nothing. What ``AHMConfig.level_readout='shared'`` uses: there ``m_wm + m_ltm`` is read as one vector."""
 
     def __post_init__(self) -> None:
         for name in ("wm_slots", "key_dim", "value_dim"):
@@ -393,6 +399,21 @@ class HierarchicalMemory:
             ltm_value = query.new_zeros(self.batch, self.config.value_dim)
             ltm_weights = query.new_zeros(ltm_hits.shape)
             ltm_idx = torch.full_like(ltm_hits, -1)
+        both = want_wm & want_ltm
+        wm_value, wm_weights = wm_read.value, wm_read.weights
+        if self.config.joint_read and bool(both.any()):
+            # (b, K), (b, k); -inf where no entry. Rows that do not read both get zeros (finite gradients there).
+            wm_scores = torch.where(both[:, None], self.wm.similarity(query), 0.0)
+            ltm_scores = torch.where(both[:, None], ltm_read.scores, 0.0)
+            if mode == "soft":
+                share = torch.sigmoid(torch.logsumexp(wm_scores * inv_temperature, 1)
+                                      - torch.logsumexp(ltm_scores * inv_temperature, 1))
+            else:
+                share = (wm_scores.amax(1) >= ltm_scores.amax(1)).to(query.dtype)
+            one = torch.ones_like(share)
+            wm_share, ltm_share = torch.where(both, share, one), torch.where(both, 1 - share, one)
+            wm_value, wm_weights = wm_value * wm_share[:, None], wm_weights * wm_share[:, None]
+            ltm_value, ltm_weights = ltm_value * ltm_share[:, None], ltm_weights * ltm_share[:, None]
 
         self.wm.forget(ops.forget_slot)
         forgot = torch.full_like(ops.ltm_forget, -1)
@@ -411,7 +432,7 @@ class HierarchicalMemory:
             self.ltm.write(entry.key, entry.value, active=move)
         self.wm.write(ops.write_slot, key, value)
         self.tick()
-        return MemoryReadout(wm_read.value, ltm_value, wm_read.weights, ltm_weights, ltm_idx, forgot)
+        return MemoryReadout(wm_value, ltm_value, wm_weights, ltm_weights, ltm_idx, forgot)
 
     def tick(self, steps: int = 1) -> None:
         """Advance both levels' clocks."""
@@ -517,7 +538,8 @@ class AHMConfig:
         ltm = LTMConfig(capacity=self.ltm_capacity, key_dim=self.key_dim, value_dim=dv, codec=self.ltm_codec,
                         codec_options=self.codec_options, eviction=self.ltm_eviction, search=self.ltm_search,
                         ann_min_entries=self.ann_min_entries)
-        return MemoryConfig(self.wm_slots, self.key_dim, dv, self.read_mode, ltm)
+        return MemoryConfig(self.wm_slots, self.key_dim, dv, self.read_mode, ltm,
+                            joint_read=self.level_readout == "shared")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -123,6 +123,7 @@ class MemoryFastPath:
         self.memory = memory
         c = memory.config
         self.soft = c.read_mode == "soft"
+        self.joint = c.joint_read
         self.oldest = c.ltm.eviction == "oldest"
         self.capacity = c.ltm.capacity
         wm = memory.wm
@@ -209,7 +210,7 @@ class MemoryFastPath:
             write_slot, evict_to_ltm, retrieve, forget_slot, ltm_forget,
             np.ascontiguousarray(key, dtype=f32), np.ascontiguousarray(value, dtype=f32),
             np.ascontiguousarray(query, dtype=f32), np.ascontiguousarray(hits, dtype=np.int64),
-            f32(inv_temperature), self.soft, self.oldest, ltm_m.key_codec.name == "int8",
+            f32(inv_temperature), self.soft, self.joint, self.oldest, ltm_m.key_codec.name == "int8",
             ltm_m.value_codec.name == "int8", ltm_m._high_water, *wm, *ltm)
         ok, high = out[0], out[1]
         if not ok:
@@ -309,6 +310,20 @@ def _observe_kernel(query, key, keys, occ, wstep, clock, kc, ks, locc, count, hw
 
 
 @numba.njit(cache=True)
+def _logsumexp(logits, valid, n):
+    """log sum exp of logits[:n] over valid entries, in float64."""
+    m = -np.inf
+    for j in range(n):
+        if valid[j] and logits[j] > m:
+            m = logits[j]
+    total = 0.0
+    for j in range(n):
+        if valid[j]:
+            total += np.exp(np.float64(logits[j]) - m)
+    return m + np.log(total)
+
+
+@numba.njit(cache=True)
 def _softmax_into(logits, valid, n, out, r):
     """out[r, :n] = softmax of logits[:n] over valid entries (float64 inside), 0 elsewhere."""
     m = -np.inf
@@ -376,7 +391,7 @@ def _encode_into(x, codes, scales, r, slot, as_int8):
 
 
 @numba.njit(cache=True)
-def _apply_kernel(write, evict, retrieve, forget, ltm_forget, key, value, query, hits, inv_t, soft, oldest_rule,
+def _apply_kernel(write, evict, retrieve, forget, ltm_forget, key, value, query, hits, inv_t, soft, joint, oldest_rule,
                   kint8, vint8, hw, keys, values, occ, wstep, uses, last_read, clock,
                   kc, ks, vc, vs, locc, lws, luses, llast, lcount, lclock):
     b, n_slots, dk = keys.shape
@@ -411,6 +426,7 @@ def _apply_kernel(write, evict, retrieve, forget, ltm_forget, key, value, query,
     entry_v = np.zeros(dv, dtype=np.float32)
     for r in range(b):
         q = retrieve[r]
+        wm_level = ltm_level = -np.inf  # each level's log normaliser (soft) or best score (top1), for joint reads
         # Retrieve from the working memory (WorkingMemory.read).
         if q == 1 or q == 3:
             best, best_sc = -1, -np.inf
@@ -423,10 +439,12 @@ def _apply_kernel(write, evict, retrieve, forget, ltm_forget, key, value, query,
                     raw[s] = acc
                     if raw[s] > best_sc or best < 0:
                         best, best_sc = s, raw[s]
+            wm_level = best_sc
             if soft:
                 for s in range(n_slots):
                     raw[s] = raw[s] * inv_t
                 _softmax_into(raw, valid, n_slots, wm_w, r)
+                wm_level = _logsumexp(raw, valid, n_slots)
             else:
                 wm_w[r, best] = 1.0
             for j in range(dv):
@@ -452,10 +470,12 @@ def _apply_kernel(write, evict, retrieve, forget, ltm_forget, key, value, query,
                     if best < 0 or lscore[j] > lscore[best]:
                         best = j
             if n_valid > 0:
+                ltm_level = lscore[best]
                 if soft:
                     for j in range(k):
                         lscore[j] = lscore[j] * inv_t
                     _softmax_into(lscore, valid, k, ltm_w, r)
+                    ltm_level = _logsumexp(lscore, valid, k)
                 else:
                     ltm_w[r, best] = 1.0
                 for j in range(k):
@@ -467,6 +487,20 @@ def _apply_kernel(write, evict, retrieve, forget, ltm_forget, key, value, query,
                 top = hits[r, best]
                 luses[r, top] += 1
                 llast[r, top] = lclock[r]
+        # A joint read of both levels (MemoryConfig.joint_read): each level scaled by its share.
+        if joint and q == 3:
+            if soft:
+                share = 1.0 / (1.0 + np.exp(ltm_level - wm_level))
+            else:
+                share = 1.0 if wm_level >= ltm_level else 0.0
+            for s in range(n_slots):
+                wm_w[r, s] = np.float32(wm_w[r, s] * share)
+            for d in range(dv):
+                wm_val[r, d] = np.float32(wm_val[r, d] * share)
+            for j in range(k):
+                ltm_w[r, j] = np.float32(ltm_w[r, j] * (1.0 - share))
+            for d in range(dv):
+                ltm_val[r, d] = np.float32(ltm_val[r, d] * (1.0 - share))
         # Forget: the WM slot, then the LTM's oldest / least used entry / the entry nearest to the chunk's key.
         f = forget[r]
         if f >= 0:

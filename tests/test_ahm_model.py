@@ -239,6 +239,39 @@ def test_forgetting_the_ltm_entry_nearest_to_the_key_updates_a_re_assigned_key(f
     assert memory.ltm.count.tolist() == [2] and not bool(memory.ltm.occupied[0, slot_of_e1])
 
 
+@pytest.mark.parametrize("fast", [False, True])
+@pytest.mark.parametrize("read_mode", ["soft", "top1"])
+def test_a_joint_read_of_both_levels_is_one_attention_over_their_entries(fast, read_mode):
+    """joint_read (what the shared level readout uses): m_wm + m_ltm of retrieve=3 is one softmax over the WM's
+    slots and the LTM's hits (top1: the best entry of either level); without it each level reads in full."""
+    from dataclasses import replace
+
+    from ahm.backbone import HierarchicalMemory
+
+    model = make_model(ltm_codec="none", read_mode=read_mode)
+    c = model.config
+    g = torch.Generator().manual_seed(0)
+    unit = lambda n: torch.nn.functional.normalize(torch.randn(n, c.key_dim, generator=g), dim=-1)
+    keys, values = unit(c.wm_slots + 2), torch.randn(c.wm_slots + 2, c.resolved_value_dim, generator=g)
+    query, inv_t = unit(1), 3.0
+    reads = {}
+    for joint in (True, False):
+        memory = HierarchicalMemory(1, replace(c.memory_config(), joint_read=joint))
+        with torch.no_grad():
+            for i in range(c.wm_slots + 2):  # the first two entries end in the LTM
+                memory.apply(MemoryOps.noop(1)._replace(write_slot=torch.tensor([i % c.wm_slots]),
+                                                        evict_to_ltm=torch.tensor([1])),
+                             keys[i : i + 1], values[i : i + 1], query, fast=fast)
+            read = memory.apply(MemoryOps.noop(1)._replace(retrieve=torch.tensor([3])), keys[:1], values[:1], query,
+                                read_k=2, inv_temperature=inv_t, fast=fast)
+        reads[joint] = read
+    logits = (keys @ query[0]) * inv_t  # every entry is in exactly one level
+    want = (torch.softmax(logits, 0) @ values if read_mode == "soft" else values[int(logits.argmax())])
+    torch.testing.assert_close((reads[True].wm + reads[True].ltm)[0], want, rtol=1e-5, atol=1e-6)
+    assert float(reads[True].wm_weights.sum() + reads[True].ltm_weights.sum()) == pytest.approx(1.0)
+    assert float(reads[False].wm_weights.sum() + reads[False].ltm_weights.sum()) == pytest.approx(2.0)
+
+
 # ---------------------------------------------------------------- save / load
 @pytest.mark.parametrize("codec", ["none", "int8", "pq", "autoencoder", "hash"])
 def test_memory_round_trips_exactly_and_a_run_resumes_identically(codec, tmp_path: Path):

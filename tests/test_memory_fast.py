@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -45,15 +47,16 @@ def assert_same_state(fast: HierarchicalMemory, ref: HierarchicalMemory) -> None
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), codec=st.sampled_from(["int8", "none"]),
        read_mode=st.sampled_from(["soft", "top1"]), eviction=st.sampled_from(["oldest", "least_used"]),
-       capacity=st.integers(2, 6))
-def test_fast_apply_and_observe_match_the_reference(seed, codec, read_mode, eviction, capacity):
+       capacity=st.integers(2, 6), joint=st.booleans())
+def test_fast_apply_and_observe_match_the_reference(seed, codec, read_mode, eviction, capacity, joint):
     """Random valid operation sequences: every readout, observation and the whole state agree at every step."""
     from ahm.backbone import AHMConfig, AHMModel, BoundaryFeatures, MambaConfig
 
     model = AHMModel(AHMConfig(MambaConfig(vocab_size=8, d_model=8, n_layer=1), wm_slots=K, key_dim=DK,
                                value_dim=DV, ltm_capacity=capacity, ltm_codec=codec, read_mode=read_mode,
                                ltm_eviction=eviction, ltm_read_k=2, obs_topk=3))
-    fast, ref = (HierarchicalMemory(B, model.config.memory_config()) for _ in range(2))
+    config = dataclasses.replace(model.config.memory_config(), joint_read=joint)
+    fast, ref = (HierarchicalMemory(B, config) for _ in range(2))
     rng, g = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for _ in range(24):
