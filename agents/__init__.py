@@ -29,6 +29,7 @@ HEURISTICS: dict[str, str] = {
     "lru": "ahm.agents.heuristics:LRUController",
     "surprise": "ahm.agents.heuristics:SurpriseController",
     "dedupe": "ahm.agents.heuristics:DedupeController",
+    "update": "ahm.agents.heuristics:UpdateController",
     "oracle": "ahm.agents.heuristics:OracleController",
     "teacher": "ahm.agents.heuristics:TeacherController",
 }

@@ -22,6 +22,7 @@ from ahm.agents.heuristics import (
     OracleController,
     RandomController,
     SurpriseController,
+    UpdateController,
     WriteAllController,
     choose_write,
     component_masks,
@@ -34,7 +35,7 @@ from ahm.envs.streams import FACT_KINDS, TASKS, make_task
 torch.set_num_threads(1)
 
 STREAM_SEEDS = (11, 12, 13)
-MASK_RESPECTING = ("random", "write_all", "lru", "surprise", "dedupe")
+MASK_RESPECTING = ("random", "write_all", "lru", "surprise", "dedupe", "update")
 """Controllers that take only values their action mask allows, for any mask (``none`` always returns 0s)."""
 
 
@@ -121,7 +122,8 @@ def test_every_heuristic_on_every_env_single_and_vector_row_for_row(env_id, envs
             assert len(vector[r]) == len(actions) == final["episode_steps"]
             if name != "random":  # random draws for all rows from one generator
                 assert np.array_equal(np.array(vector[r]), actions), (name, s)
-                assert (actions[:, 1] == (actions[:, 0] > 0)).all(), f"{name} moves displaced entries to LTM"
+                if name != "update":  # update drops the entry it overwrites in place
+                    assert (actions[:, 1] == (actions[:, 0] > 0)).all(), f"{name} moves displaced entries to LTM"
             if name == "none" or (name == "oracle" and ENV_SPECS[env_id].task == "text"):
                 assert not actions.any() and final["memory"]["writes"] == 0
             if name == "write_all":  # FIFO with no forgets: slots 0, 1, ..., K - 1, 0, 1, ...
@@ -176,7 +178,10 @@ def masked_batches(draw):
     obs = {"wm_occupied": (rng.random((b, k)) < 0.6).astype(np.float32),
            "wm_age": rng.random((b, k)).astype(np.float32),
            "wm_similarity": rng.uniform(-1, 1, (b, k)).astype(np.float32),
+           "wm_key_similarity": rng.uniform(-1, 1, (b, k)).astype(np.float32),
            "ltm_fill": rng.random((b, 1)).astype(np.float32),
+           "ltm_topk_similarity": rng.uniform(-1, 1, (b, 4)).astype(np.float32),
+           "ltm_key_similarity": rng.uniform(-1, 1, (b, 1)).astype(np.float32),
            "ssm_features": rng.normal(size=(b, 6)).astype(np.float32)}
     gt = {"fact_kind": rng.integers(-1, len(FACT_KINDS), b), "query_fact_id": rng.integers(-1, 3, b),
           "wm_fact_id": rng.integers(-1, 4, (b, k)), "query_fact_in_wm": rng.random(b) < 0.5,
@@ -334,6 +339,24 @@ def test_dedupe_skips_chunks_similar_to_what_it_wrote():
     assert wrote == [0, -1, 1, -1, 2, 0, 1]
     with pytest.raises(ValueError, match="cosine"):
         DedupeController(threshold=1.5)
+
+
+def test_update_replaces_what_the_key_re_assigns_and_reads_the_level_that_matches():
+    """Row 0: slot 1 holds the chunk's key -> overwrite it, dropping the old entry; the LTM matches too -> forget
+    its nearest entry; the LTM's best query match (0.8) beats the WM's (0.5) -> read the LTM only. Row 1: nothing
+    matches the key -> write_all's write (the free slot 2, evict), no forget; the WM matches the query -> read it."""
+    obs = {"wm_occupied": np.array([[1, 1, 1], [1, 1, 0]], dtype=np.float32),
+           "wm_age": np.array([[0.3, 0.1, 0.2], [0.5, 0.1, 0.0]], dtype=np.float32),
+           "wm_similarity": np.array([[0.5, 0.2, 0.1], [0.9, 0.0, 0.0]], dtype=np.float32),
+           "wm_key_similarity": np.array([[0.2, 0.95, 0.3], [0.5, 0.8, 0.0]], dtype=np.float32),
+           "ltm_fill": np.array([[0.1], [0.1]], dtype=np.float32),
+           "ltm_topk_similarity": np.array([[0.8, 0.1], [0.3, 0.2]], dtype=np.float32),
+           "ltm_key_similarity": np.array([[0.97], [0.6]], dtype=np.float32)}
+    a = UpdateController().act(obs)
+    assert a.tolist() == [[2, 0, 2, 0, 3], [3, 1, 1, 0, 0]]
+    assert UpdateController(threshold=0.99).act(obs)[0].tolist() == [1, 1, 2, 0, 0]  # oldest slot 0, no forget
+    with pytest.raises(ValueError, match="cosine"):
+        UpdateController(threshold=2.0)
 
 
 @pytest.mark.parametrize("env_id", ["AHMMemory-v0", "AHMMemory-MQAR-v0", "AHMMemory-Forget-v0", "AHMMemory-Decoy-v0",
