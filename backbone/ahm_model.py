@@ -402,14 +402,19 @@ class HierarchicalMemory:
         both = want_wm & want_ltm
         wm_value, wm_weights = wm_read.value, wm_read.weights
         if self.config.joint_read and bool(both.any()):
-            # (b, K), (b, k); -inf where no entry. Rows that do not read both get zeros (finite gradients there).
-            wm_scores = torch.where(both[:, None], self.wm.similarity(query), 0.0)
-            ltm_scores = torch.where(both[:, None], ltm_read.scores, 0.0)
+            # Logits of the entries each level read, -inf elsewhere; scaled while finite and masked after, so no
+            # gradient meets -inf * inv_temperature (NaN). Rows that do not read both see zeros.
+            wm_valid = self.wm.occupied & both[:, None]
+            ltm_valid = torch.isfinite(ltm_read.scores) & both[:, None]
+            wm_raw = torch.where(wm_valid, self.wm._raw_scores(query), 0.0)
+            ltm_raw = torch.where(ltm_valid, ltm_read.scores, 0.0)
+            scale = inv_temperature if mode == "soft" else 1.0
+            wm_logits = (wm_raw * scale).masked_fill(~wm_valid & both[:, None], float("-inf"))
+            ltm_logits = (ltm_raw * scale).masked_fill(~ltm_valid & both[:, None], float("-inf"))
             if mode == "soft":
-                share = torch.sigmoid(torch.logsumexp(wm_scores * inv_temperature, 1)
-                                      - torch.logsumexp(ltm_scores * inv_temperature, 1))
+                share = torch.sigmoid(torch.logsumexp(wm_logits, 1) - torch.logsumexp(ltm_logits, 1))
             else:
-                share = (wm_scores.amax(1) >= ltm_scores.amax(1)).to(query.dtype)
+                share = (wm_logits.amax(1) >= ltm_logits.amax(1)).to(query.dtype)
             one = torch.ones_like(share)
             wm_share, ltm_share = torch.where(both, share, one), torch.where(both, 1 - share, one)
             wm_value, wm_weights = wm_value * wm_share[:, None], wm_weights * wm_share[:, None]

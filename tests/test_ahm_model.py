@@ -332,6 +332,8 @@ def test_gradients_reach_the_memory_projections(integration):
         grad = getattr(model, name).weight.grad
         assert grad is not None and grad.abs().sum() > 0, name
     assert model.log_inv_temperature.grad is not None
+    bad = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+    assert not bad, f"non-finite gradients (reads of both levels with empty LTM hits): {bad}"
 
 
 def test_split_pooling_can_send_the_key_and_the_value_token_apart():
