@@ -326,16 +326,9 @@ def _logsumexp(logits, valid, n):
 @numba.njit(cache=True)
 def _softmax_into(logits, valid, n, out, r):
     """out[r, :n] = softmax of logits[:n] over valid entries (float64 inside), 0 elsewhere."""
-    m = -np.inf
+    lse = _logsumexp(logits, valid, n)
     for j in range(n):
-        if valid[j] and logits[j] > m:
-            m = logits[j]
-    total = 0.0
-    for j in range(n):
-        if valid[j]:
-            total += np.exp(np.float64(logits[j]) - m)
-    for j in range(n):
-        out[r, j] = np.exp(np.float64(logits[j]) - m) / total if valid[j] else 0.0
+        out[r, j] = np.exp(np.float64(logits[j]) - lse) if valid[j] else 0.0
 
 
 @numba.njit(cache=True)
