@@ -41,9 +41,8 @@ from ahm.envs import ACTION_COMPONENTS, action_nvec
 from ahm.envs.streams import FACT_KINDS
 
 __all__ = ["NoMemoryController", "RandomController", "WriteAllController", "LRUController", "SurpriseController",
-           "DedupeController", "OracleController", "component_masks", "choose_write", "evict_when_writing",
-           "retrieve_from_available",
-           "conform_to_mask"]
+           "DedupeController", "UpdateController", "OracleController", "component_masks", "choose_write",
+           "evict_when_writing", "retrieve_from_available", "conform_to_mask"]
 
 _TARGET = FACT_KINDS.index("target")
 _RETRIEVE_PREFERENCE = np.array([0.0, 2.0, 1.0, 3.0])
