@@ -30,7 +30,8 @@ One chunk t of C tokens (:meth:`AHMModel.process_chunk`):
 6. r_t = [m_wm, m_ltm] (b, R) is carried in :class:`AHMState` to chunk t + 1. The integration reads it
    as ``W_r (m_wm + m_ltm)`` (``shared`` level readout: one projection for both levels, so an entry
    reads the same whichever level holds it) or ``W_r [m_wm; m_ltm]`` (``separate``: each level its own
-   columns), :attr:`AHMConfig.level_readout`.
+   columns), :attr:`AHMConfig.level_readout`. With ``shared`` a read of both levels is one attention over
+   both (:attr:`MemoryConfig.joint_read`).
 
 Causality: memory written or retrieved at the end of chunk t affects chunk t + 1
 and later only, so logits never see the chunk's own future tokens.
@@ -208,7 +209,8 @@ class MemoryConfig:
     own, so ``m_wm`` and ``m_ltm`` are each a full read, whatever their match. True: one attention over the WM's
     slots and the LTM's hits together (``soft``: one softmax, i.e. each level's read scaled by its share of the
     joint normaliser; ``top1``: only the level holding the best match reads), so the level without a match adds
-    next to nothing. What ``AHMConfig.level_readout='shared'`` uses: there ``m_wm + m_ltm`` is read as one vector."""
+    next to nothing. What ``AHMConfig.level_readout='shared'`` uses: there ``m_wm + m_ltm`` is read as one vector.
+    Use counts (``uses``, ``last_read``) still credit each level's own top-1, as without it."""
 
     def __post_init__(self) -> None:
         for name in ("wm_slots", "key_dim", "value_dim"):
