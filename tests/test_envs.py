@@ -231,6 +231,10 @@ def test_discard_reward_follows_the_entries_that_leave_memory(fast, monkeypatch)
         elif gt["fact_kind"] == target and done == ["stale"]:
             done.append("target")  # into slot 1, displaced into the LTM by the next write, forgotten there
             action, plan = [2, 0, 0, 0, 0], [([2, 1, 0, 0, 0], 0.0), ([0, 0, 0, 0, 3], -1.0)]
+            forgotten = int(gt["fact_id"])
+        if done == ["stale", "target"] and not plan and gt["query_fact_id"] == forgotten:
+            assert not gt["query_fact_in_ltm"] and not gt["query_fact_in_wm"]  # the ground truth knows it is gone
+            done.append("asked")
         writes_stale = action[0] > 0 and gt["fact_kind"] == stale
         obs, _, terminated, _, info = env.step(np.array(action))
         got.append(info["reward_terms_raw"]["discard"] * n)
@@ -239,7 +243,7 @@ def test_discard_reward_follows_the_entries_that_leave_memory(fast, monkeypatch)
             assert info["memory"]["ltm_entries"] == 0
         if terminated:
             break
-    assert done == ["stale", "target"]
+    assert done == ["stale", "target", "asked"]
     np.testing.assert_allclose(got, want, atol=1e-12)
 
 
