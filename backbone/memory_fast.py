@@ -268,11 +268,15 @@ def _observe_kernel(query, key, keys, occ, wstep, clock, kc, ks, locc, count, hw
                 key_sim[r, s] = acc_key
                 age[r, s] = clock[r] - wstep[r, s]
         # Top-k over the occupied prefix, best first; a later slot must beat (not tie) to pass an earlier one.
+        # The same pass finds the best match of the chunk's key (what ltm_forget=3 would remove).
         n = 0
         if count[r] > 0:
             for slot in range(hw):
                 if not locc[r, slot]:
                     continue
+                key_sc = np.float32(_dot_code(key[r], kc, ks, r, slot, dk))
+                if key_sc > key_score[r]:
+                    key_score[r] = key_sc
                 sc = np.float32(_dot_code(query[r], kc, ks, r, slot, dk))
                 if n == k and not sc > hs[r, k - 1]:
                     continue
@@ -286,8 +290,6 @@ def _observe_kernel(query, key, keys, occ, wstep, clock, kc, ks, locc, count, hw
                 hi[r, pos] = slot
                 if n < k:
                     n += 1
-        if count[r] > 0:
-            key_score[r] = _nearest_code(key[r], kc, ks, locc, r, hw, dk)[1]
         ltm_any = count[r] > 0
         # [write_slot K + 1 | evict 2 | retrieve 4 | forget_slot K + 1 | ltm_forget 4]
         for j in range(n_slots + 3):

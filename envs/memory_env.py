@@ -760,14 +760,15 @@ class EpisodeBatch:
         # Bookkeeping: which chunk wrote each entry (origins move with evictions to LTM; -1 marks an empty slot).
         # Entries leaving the memory, by the chunk that wrote them: a forgotten WM slot, a displaced entry that is
         # dropped, the LTM entry ltm_forget empties, and the one a move into a full LTM replaces.
-        left = [np.where(forgets, self._wm_origin[rows, np.maximum(forget, 0)], -1),
-                np.where(displaced & ~moved, moved_origin, -1)]
+        # Columns: those four, then this step's write (origin t), for the discard reward.
+        left = np.full((self.batch, 5), -1, dtype=np.int64)
+        left[:, 0] = np.where(forgets, self._wm_origin[rows, np.maximum(forget, 0)], -1)
+        left[:, 1] = np.where(displaced & ~moved, moved_origin, -1)
         self._wm_origin[rows[forgets], forget[forgets]] = -1
         lf_rows = np.nonzero(ltm_forgot >= 0)[0]
-        left.append(np.full(self.batch, -1, dtype=np.int64))
-        left[-1][lf_rows] = self._ltm_origin[lf_rows, ltm_forgot[lf_rows]]
+        left[lf_rows, 2] = self._ltm_origin[lf_rows, ltm_forgot[lf_rows]]
         self._ltm_origin[lf_rows, ltm_forgot[lf_rows]] = -1
-        left.append(np.full(self.batch, -1, dtype=np.int64))
+        left[:, 4] = np.where(writes, t, -1)
         if moved.any():
             mrows = np.nonzero(moved)[0]
             if path is None:  # the slot the entry went to: the one the LTM wrote at this step's clock
@@ -777,15 +778,12 @@ class EpisodeBatch:
                 fresh = (ltm.write_step[mt] == clock) & ltm.occupied[mt]
                 moved_slot = np.full(self.batch, -1, dtype=np.int64)
                 moved_slot[mrows] = fresh.to(torch.uint8).argmax(1).cpu().numpy()
-            left[-1][mrows] = self._ltm_origin[mrows, moved_slot[mrows]]  # >= 0: the LTM was full
+            left[mrows, 3] = self._ltm_origin[mrows, moved_slot[mrows]]  # >= 0: the LTM was full
             self._ltm_origin[mrows, moved_slot[mrows]] = moved_origin[mrows]
         self._wm_origin[rows[writes], write[writes]] = t[writes]
-        discarded_useless, discarded_needed = np.zeros((2, self.batch), dtype=np.int64)
-        for origin in left:
-            useless, needed = self._usefulness(origin, t)
-            discarded_useless += useless
-            discarded_needed += needed
-        written_useless = self._usefulness(np.where(writes, t, -1), t)[0]
+        useless, needed = self._usefulness(left, t)
+        discarded_useless, discarded_needed = useless[:, :4].sum(1), needed[:, :4].sum(1)
+        written_useless = useless[:, 4].astype(np.int64)
         ltm_forgets = ltm_forget > 0
         counts = np.stack([writes, moved, displaced & ~moved, (retrieve == RETRIEVE_WM) | (retrieve == RETRIEVE_BOTH),
                            retrieve >= RETRIEVE_LTM, forgets, ltm_forgets], axis=1)
@@ -846,12 +844,13 @@ class EpisodeBatch:
         return np.where(fact_chunk[:, 0] >= 0, wm + ltm, 0.0)
 
     def _usefulness(self, origin: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(useless, needed) (b,) bool of entries written at chunk ``origin`` (b,) (-1 none), seen at chunk t:
-        useless holds a fact no query ever asks (stale, decoy); needed, one a query after chunk t asks."""
+        """(useless, needed) (b, m) bool of entries written at chunks ``origin`` (b, m) (-1 none), seen at chunk
+        t (b,): useless holds a fact no query ever asks (stale, decoy); needed, one a query after chunk t asks."""
         chunk = np.maximum(origin, 0)
-        fact = (origin >= 0) & (self._ann["fact_at"][self._rows, chunk] >= 0)
-        asked_at = self._ann["fact_query_chunk"][self._rows, chunk]
-        return fact & (asked_at < 0), fact & (asked_at > t)
+        rows = self._rows[:, None]
+        fact = (origin >= 0) & (self._ann["fact_at"][rows, chunk] >= 0)
+        asked_at = self._ann["fact_query_chunk"][rows, chunk]
+        return fact & (asked_at < 0), fact & (asked_at > t[:, None])
 
     def _episode_steps(self) -> np.ndarray:
         steps = self._last_chunk + 1
