@@ -4,6 +4,9 @@
 * :class:`TorchPolicyController` - any torch module mapping observations to per-component logits.
 * :func:`train_controller` - train one of the four algorithms on ``AHMMemory-v0`` (:class:`ControllerTrainConfig`),
   or continue training a model, with TensorBoard logging of memory operations and reward terms.
+* :func:`collect_demonstrations` / :func:`imitate` - behaviour cloning: a new policy first learns to copy a
+  heuristic's actions (and its value head the returns they earn), then RL fine-tunes it
+  (``ControllerTrainConfig.imitate``).
 * :func:`save_controller` / :func:`load_controller` - checkpoints that never execute code when loaded.
 
 Invalid actions. Some operations are invalid in some states (retrieving from an
@@ -60,7 +63,7 @@ from ahm.envs.vector_env import AHMMemoryVectorEnv, SB3VecEnvAdapter, noop_inval
 __all__ = [
     "ALGORITHMS", "SB3Controller", "TorchPolicyController", "ControllerTrainConfig", "MemoryLoggingCallback",
     "train_controller", "make_train_env", "evaluate_episodes", "env_spec_of", "save_controller", "load_controller",
-    "algo_name",
+    "algo_name", "Demonstrations", "collect_demonstrations", "imitate",
 ]
 
 
@@ -320,6 +323,15 @@ class ControllerTrainConfig:
     """Initial probability of "forget nothing" in the action's two forget components (WM slot, LTM entries), set
     through the action head's bias (:func:`set_noop_prior`); 0 keeps SB3's start, near uniform, where a random
     policy forgets a WM slot at 8 steps in 9 and LTM entries at 2 in 3 and so destroys what it wrote."""
+    imitate: str = ""
+    """Behaviour cloning before RL: a new model first learns to copy this heuristic's actions (a name of
+    ahm.agents.HEURISTICS, e.g. 'update'; the oracle too: the policy then learns what of its ground-truth decisions
+    the observation predicts) on imitation_steps of its steps, and its value head the discounted returns they
+    earned (collect_demonstrations, imitate). '' : no imitation. Not for recurrent_ppo."""
+    imitation_steps: int = 65_536
+    """Env steps (summed over sub-envs) the teacher plays for imitation, rounded up to whole rounds of num_envs."""
+    imitation_epochs: int = 10
+    """Passes of imitation over the demonstrations (minibatches of batch_size, Adam at learning_rate)."""
     eval_freq: int = 10
     """Evaluate the deterministic controller every this many rollouts (eval/success, eval/accuracy,
     eval/return), and after the last one; 0: never."""
@@ -333,10 +345,22 @@ class ControllerTrainConfig:
     def __post_init__(self) -> None:
         if self.algo not in ALGORITHMS:
             raise ValueError(f"algo must be one of {list(ALGORITHMS)}, got {self.algo!r}")
-        for name in ("num_envs", "total_timesteps", "n_steps", "batch_size", "log_interval"):
+        for name in ("num_envs", "n_steps", "batch_size", "log_interval", "imitation_steps", "imitation_epochs"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        value = self.total_timesteps
+        if isinstance(value, bool) or not isinstance(value, int) or value < (0 if self.imitate else 1):
+            raise ValueError(f"total_timesteps must be a positive int (0 is allowed with imitate: imitation only), "
+                             f"got {value!r}")
+        if self.imitate:
+            from ahm.agents import HEURISTICS  # the package's registry (it imports this module lazily)
+
+            if self.imitate not in HEURISTICS:
+                raise ValueError(f"imitate must be '' or one of {tuple(HEURISTICS)}, got {self.imitate!r}")
+            if ALGORITHMS[self.algo].recurrent:
+                raise ValueError("imitate is not available for recurrent_ppo (its policy needs LSTM states per "
+                                 "sequence); use ppo, a2c or maskable_ppo")
         for name in ("eval_freq", "eval_episodes", "verbose"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -442,6 +466,160 @@ def evaluate_episodes(controller: Any, env: AHMMemoryVectorEnv, seed: int | None
             "length": float(lengths.mean())}
 
 
+@dataclass(frozen=True)
+class Demonstrations:
+    """What a teacher did on N env steps (:func:`collect_demonstrations`): row ``t * num_envs + i`` is
+    sub-env i at step t."""
+
+    teacher: str
+    observations: dict[str, np.ndarray]
+    """The observations it acted on, ``{key: (N, ...)}``."""
+    actions: np.ndarray
+    """(N, 5) int64: its actions."""
+    masks: np.ndarray
+    """(N, 2 K + 12) bool: the action masks it saw."""
+    rewards: np.ndarray
+    """(N,) float: the reward of each step."""
+    dones: np.ndarray
+    """(N,) bool: the step ended its episode."""
+    returns: np.ndarray
+    """(N,) float: discounted reward from the step to its episode's end; NaN where the episode was cut off by
+    the end of the collection (no return is known there)."""
+    episodes: int
+    """Episodes that ended during the collection."""
+    accuracy: float
+    """The teacher's mean accuracy (targets correct / targets) over those episodes."""
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+
+def collect_demonstrations(teacher: Any, env: AHMMemoryVectorEnv, steps: int, gamma: float,
+                           seed: int | None = None) -> Demonstrations:
+    """Let ``teacher`` (a :class:`Controller`, e.g. a heuristic) play ``steps`` steps of ``env``; record them.
+
+    ``steps`` is rounded up to whole rounds of ``env.num_envs``. The teacher gets the env's info
+    (the oracle reads ground truth from it); what is recorded is only what a policy sees. Returns
+    are discounted by ``gamma`` within each episode.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    n = env.num_envs
+    rounds = -(-steps // n)
+    obs, info = env.reset(seed=seed)
+    info = {k: v for k, v in info.items() if not k.startswith("_")}
+    teacher.reset(n)
+    start = np.ones(n, dtype=bool)
+    observations: dict[str, list[np.ndarray]] = {k: [] for k in obs}
+    actions, masks = np.zeros((rounds, n, 5), dtype=np.int64), []
+    rewards, dones = np.zeros((rounds, n)), np.zeros((rounds, n), dtype=bool)
+    accuracies: list[float] = []
+    for t in range(rounds):
+        mask = env.action_masks()
+        act = np.asarray(teacher.act(obs, mask, info, start), dtype=np.int64)
+        for key, value in obs.items():
+            observations[key].append(np.array(value, copy=True))
+        masks.append(mask)
+        actions[t] = act
+        step = env.step_arrays(act)
+        rewards[t] = step.reward
+        dones[t] = step.terminated | step.truncated
+        for r in np.nonzero(dones[t])[0].tolist():
+            targets = step.final_info["targets"]
+            accuracies.append(float(targets["correct"][r]) / max(1.0, float(targets["total"][r])))
+        obs, info, start = step.observation, step.info, dones[t]
+    returns = np.full((rounds, n), np.nan)
+    running = np.full(n, np.nan)  # unknown until an episode's end is seen
+    for t in range(rounds - 1, -1, -1):
+        running = np.where(dones[t], rewards[t], rewards[t] + gamma * running)
+        returns[t] = running
+    return Demonstrations(
+        teacher=str(getattr(teacher, "name", type(teacher).__name__)),
+        observations={k: np.concatenate(v) for k, v in observations.items()},
+        actions=actions.reshape(-1, 5), masks=np.concatenate(masks), rewards=rewards.reshape(-1),
+        dones=dones.reshape(-1), returns=returns.reshape(-1),
+        episodes=len(accuracies), accuracy=float(np.mean(accuracies)) if accuracies else float("nan"))
+
+
+def imitate(model: OnPolicyAlgorithm, demos: Demonstrations, epochs: int, batch_size: int, learning_rate: float,
+            vf_coef: float = 0.5, holdout: float = 0.1, seed: int = 0) -> dict[str, float]:
+    """Behaviour cloning: fit ``model.policy`` to ``demos`` (in place); returns the fit's statistics.
+
+    Minimises ``-log pi(teacher's action | observation) + vf_coef * (V(observation) - return)^2`` with
+    Adam over ``epochs`` passes of shuffled minibatches; the value term only where the return is known.
+    The last ``holdout`` of the demonstrations (later steps of the same collection) is left out of
+    training and measures the fit: ``agreement`` (all five components equal to the teacher's under
+    the deterministic policy), ``agreement_<j>`` per component, and the losses. MaskablePPO's
+    distribution is masked with the recorded masks, as in its own training.
+    """
+    spec = ALGORITHMS[algo_name(model)]
+    if spec.recurrent:
+        raise ValueError("imitate: recurrent policies are not supported (they need LSTM states per sequence)")
+    if not 0.0 <= holdout < 1.0:
+        raise ValueError(f"holdout must be in [0, 1), got {holdout!r}")
+    policy = model.policy
+    n = len(demos)
+    n_train = max(1, n - int(round(holdout * n)))
+    device = policy.device
+    obs = {k: torch.as_tensor(v, dtype=torch.float32, device=device) for k, v in demos.observations.items()}
+    actions = torch.as_tensor(demos.actions, device=device)
+    masks = torch.as_tensor(demos.masks, device=device)
+    returns = torch.as_tensor(demos.returns, dtype=torch.float32, device=device)
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=learning_rate)
+
+    def losses(idx: Tensor) -> tuple[Tensor, Tensor]:
+        batch = {k: v[idx] for k, v in obs.items()}
+        if spec.masks:
+            values, log_prob, _ = policy.evaluate_actions(batch, actions[idx], action_masks=masks[idx])
+        else:
+            values, log_prob, _ = policy.evaluate_actions(batch, actions[idx])
+        target, known = returns[idx], torch.isfinite(returns[idx])
+        value_loss = ((values.flatten() - torch.nan_to_num(target)) ** 2 * known).sum() / known.sum().clamp(min=1)
+        return -log_prob.mean(), value_loss
+
+    policy.set_training_mode(True)
+    for _ in range(epochs):
+        for idx in torch.randperm(n_train, generator=generator).split(batch_size):
+            policy_loss, value_loss = losses(idx.to(device))
+            optimizer.zero_grad()
+            (policy_loss + vf_coef * value_loss).backward()
+            nn.utils.clip_grad_norm_(policy.parameters(), 0.5)
+            optimizer.step()
+    policy.set_training_mode(False)
+    stats: dict[str, float] = {"demonstrations": float(n), "teacher_accuracy": demos.accuracy}
+    for split, idx in (("train", torch.arange(n_train)), ("holdout", torch.arange(n_train, n))):
+        if len(idx) == 0:
+            continue
+        with torch.no_grad():
+            policy_loss, value_loss = losses(idx.to(device))
+            dist = policy.get_distribution({k: v[idx] for k, v in obs.items()})
+            if spec.masks:
+                dist.apply_masking(masks[idx])
+            same = (dist.get_actions(deterministic=True) == actions[idx]).cpu().numpy()
+        stats[f"{split}_policy_loss"], stats[f"{split}_value_loss"] = float(policy_loss), float(value_loss)
+        stats[f"{split}_agreement"] = float(same.all(1).mean())
+        for j in range(same.shape[1]):
+            stats[f"{split}_agreement_{j}"] = float(same[:, j].mean())
+    return stats
+
+
+class _RecordImitation(BaseCallback):
+    """Writes :func:`imitate`'s statistics as ``imitation/<name>`` at the start of training (step 0)."""
+
+    def __init__(self, stats: Mapping[str, float]) -> None:
+        super().__init__()
+        self.stats = dict(stats)
+
+    def _on_training_start(self) -> None:
+        for key, value in self.stats.items():
+            self.logger.record(f"imitation/{key}", value)
+        self.logger.dump(self.num_timesteps)
+
+    def _on_step(self) -> bool:
+        return True
+
+
 class MemoryLoggingCallback(BaseCallback):
     """Logs what SB3 does not: memory operations, reward terms and evaluations (SB3 logs ``rollout/`` and ``train/``).
 
@@ -542,6 +720,10 @@ def train_controller(config: ControllerTrainConfig, model: OnPolicyAlgorithm | N
     (``model.set_env``, ``learn(reset_num_timesteps=False)``), with the model's own
     hyperparameters; the config's env, ``total_timesteps``, seed (for the env) and logging apply.
 
+    With ``config.imitate`` a new model first copies that heuristic (:func:`collect_demonstrations` on
+    the training env, then :func:`imitate`; statistics in ``model.imitation_stats`` and TensorBoard's
+    ``imitation/``), then RL trains it for ``total_timesteps`` (0: imitation only).
+
     Logging (SB3's logger; TensorBoard if ``config.tensorboard_log``): ``rollout/`` and ``train/``
     from SB3, ``memory/``, ``reward/``, ``task/`` and ``eval/`` from :class:`MemoryLoggingCallback`;
     ``callbacks`` run after it. Wrap the call in ``torch.set_num_threads(1)`` on a CPU (the env's
@@ -566,8 +748,18 @@ def train_controller(config: ControllerTrainConfig, model: OnPolicyAlgorithm | N
         model = spec.cls(spec.policy, venv, **kwargs)
         if config.forget_prior:
             set_noop_prior(model.policy, FORGET_COMPONENTS, config.forget_prior)
-        reset = True
+        if config.imitate:
+            from ahm.agents import make_controller
+
+            demos = collect_demonstrations(make_controller(config.imitate), vector_env, config.imitation_steps,
+                                           config.gamma, seed=config.seed + 20_000)
+            model.imitation_stats = imitate(model, demos, config.imitation_epochs, config.batch_size,
+                                      config.learning_rate, seed=config.seed)
+            callbacks = [_RecordImitation(model.imitation_stats), *callbacks]
+        reset = True  # learn() resets the env the demonstrations were collected on
     else:
+        if config.imitate:
+            raise ValueError("config.imitate applies to a new model only; this call continues a given model")
         if algo_name(model) != config.algo:
             raise ValueError(f"model is a {algo_name(model)} model but config.algo is {config.algo!r}")
         if model.n_envs != config.num_envs:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 
@@ -18,6 +19,7 @@ from ahm.agents.learned import (
     ControllerTrainConfig,
     SB3Controller,
     TorchPolicyController,
+    collect_demonstrations,
     env_spec_of,
     load_controller,
     save_controller,
@@ -316,3 +318,61 @@ def test_torch_policy_controller_checks_shapes() -> None:
     obs, _ = vector_env().reset(seed=0)
     with pytest.raises(ValueError, match="sum\\(nvec\\)"):
         controller.act(obs)
+
+
+# ---------------------------------------------------------------------- imitation (behaviour cloning)
+def test_demonstrations_record_the_teachers_actions_and_discounted_returns() -> None:
+    env = vector_env()
+    demos = collect_demonstrations(make_controller("update"), env, steps=65, gamma=0.9, seed=5)
+    # 33 rounds: two whole episodes per sub-env (15 steps each) and a cut-off third
+    assert len(demos) == 66 and demos.episodes == 4 and demos.observations["wm_age"].shape == (66, 8)
+    assert demos.masks.shape == (66, 2 * 8 + 12) and is_valid(demos.actions, demos.masks).all()
+    again = rollout([make_controller("update")], steps=33, seed=5)[0]  # the same teacher, the same streams
+    np.testing.assert_array_equal(demos.actions, again.reshape(-1, 5))
+    rewards, dones, returns = (a.reshape(33, 2) for a in (demos.rewards, demos.dones, demos.returns))
+    last = np.nonzero(dones[:, 0])[0][-1]
+    assert dones.sum() == 4 and (dones[:, 0] == dones[:, 1]).all() and last < 32
+    for i in range(2):
+        expected, running = np.full(33, np.nan), np.nan
+        for t in range(32, -1, -1):
+            running = rewards[t, i] if dones[t, i] else rewards[t, i] + 0.9 * running
+            expected[t] = running
+        np.testing.assert_allclose(returns[:, i], expected)
+    assert np.isnan(returns[last + 1:]).all() and np.isfinite(returns[: last + 1]).all()  # the cut-off episode
+
+
+def test_imitation_makes_a_new_policy_act_like_its_teacher() -> None:
+    config = small_config("ppo", total_timesteps=0, imitate="update", imitation_steps=2048, imitation_epochs=10,
+                      batch_size=64, policy_kwargs={"net_arch": [64, 64]})
+    untrained = train_controller(dataclasses.replace(config, imitate="", total_timesteps=1))
+    model = train_controller(config)
+    stats = model.imitation_stats
+    assert model.num_timesteps == 0 and stats["demonstrations"] == 2048
+    assert stats["holdout_agreement"] > 0.95 and stats["holdout_policy_loss"] < stats["train_policy_loss"] + 0.5
+    teacher, cloned, before = rollout([make_controller("update"), SB3Controller(model), SB3Controller(untrained)],
+                                      steps=48, seed=99)  # other streams than the demonstrations
+    assert (cloned == teacher).all(-1).mean() > 0.9
+    assert (before == teacher).all(-1).mean() < 0.5  # the agreement is learnt, not the start
+
+
+def test_imitation_is_logged_and_refused_where_it_cannot_apply(tmp_path) -> None:
+    config = small_config("maskable_ppo", total_timesteps=64, imitate="update", imitation_steps=256,
+                          imitation_epochs=1, tensorboard_log=str(tmp_path))
+    model = train_controller(config)
+    assert model.num_timesteps >= 64 and 0.0 <= model.imitation_stats["train_agreement"] <= 1.0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (run,) = glob.glob(str(tmp_path / "maskable_ppo_*"))
+    events = EventAccumulator(run)
+    events.Reload()
+    assert {"imitation/holdout_agreement", "imitation/train_policy_loss"} <= set(events.Tags()["scalars"])
+    with pytest.raises(ValueError, match="imitate must be"):
+        small_config("ppo", imitate="copy_everything")
+    with pytest.raises(ValueError, match="recurrent_ppo"):
+        small_config("recurrent_ppo", imitate="update")
+    with pytest.raises(ValueError, match="total_timesteps"):
+        small_config("ppo", total_timesteps=0)
+    with pytest.raises(ValueError, match="new model only"):
+        train_controller(small_config("maskable_ppo", imitate="update"), model=model)
+    with pytest.raises(ValueError, match="steps must be"):
+        collect_demonstrations(make_controller("update"), vector_env(), steps=0, gamma=0.9)

@@ -23,9 +23,12 @@ SHORT = dict(backbone="fresh", rounds=2, lm_steps=2, lm_lengths="512", algo="ppo
 
 def test_short_run_completes_with_checkpoints_tensorboard_and_table(tmp_path):
     lines: list[str] = []
-    out = run_alternation(TrainRLConfig(**SHORT, out_dir=str(tmp_path), gae_lambda=1.0, rl_ltm_capacity=16),
+    out = run_alternation(TrainRLConfig(**SHORT, out_dir=str(tmp_path), gae_lambda=1.0, rl_ltm_capacity=16,
+                                        imitate="update", imitation_steps=128, imitation_epochs=1, net_arch="32,32"),
                           log=lines.append)
     assert [t["round"] for t in out["rounds"]] == [0, 1]
+    imitation = [line for line in lines if "imitation of 'update'" in line]
+    assert len(imitation) == 1 and imitation[0].startswith("round 0")  # a new policy only; round 1 continues it
     state = json.loads((tmp_path / "state.json").read_text())
     assert state["completed_rounds"] == 2
     for r in (0, 1):
@@ -33,6 +36,7 @@ def test_short_run_completes_with_checkpoints_tensorboard_and_table(tmp_path):
         assert extra["round"] == r
         controller = load_controller(tmp_path / f"round_{r}" / "controller").model
         assert controller.num_timesteps == 64 * (r + 1) and controller.gae_lambda == 1.0
+        assert controller.policy.net_arch == [32, 32]
         meta = json.loads((tmp_path / f"round_{r}" / "controller" / "controller.json").read_text())
         assert meta["env_spec"]["env_kwargs"]["ltm_capacity"] == 16  # the training env's, recorded
     events = list((tmp_path / "tb").rglob("events.out.tfevents.*"))
@@ -55,6 +59,10 @@ def test_short_run_completes_with_checkpoints_tensorboard_and_table(tmp_path):
     (["--gae-lambda", "1.5"], "--gae-lambda must be in [0, 1]"),
     (["--rl-ltm-capacity", "-1"], "--rl-ltm-capacity must be >= 0"),
     (["--env-id", "AHMMemory-Text-v0"], "needs a task with answers"),
+    (["--imitate", "nope"], "--imitate must be one of"),
+    (["--rl-timesteps", "0"], "0 only with --imitate"),
+    (["--imitate", "update", "--algo", "recurrent_ppo"], "not available with --algo recurrent_ppo"),
+    (["--net-arch", "64,x"], "--net-arch must be"),
 ])
 def test_bad_config_stops_with_a_message(tmp_path, args, message):
     r = subprocess.run([sys.executable, str(REPO / "train_rl.py"), "--out-dir", str(tmp_path / "run"), *args],

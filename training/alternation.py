@@ -8,7 +8,8 @@ For R rounds:
    has been learned yet; later rounds: the learned controller);
 2. **controller phase** (RL, :func:`ahm.agents.learned.train_controller`): a frozen copy
    of the model is the env's backbone and the controller is trained with PPO (or
-   A2C / RecurrentPPO / MaskablePPO), continuing the previous round's model.
+   A2C / RecurrentPPO / MaskablePPO), continuing the previous round's model (round 0 with
+   ``--imitate``: a new policy first copies a heuristic, then RL fine-tunes it).
 
 Each round ends with an atomic checkpoint in ``out_dir/round_<r>/``: ``backbone/`` (the
 AHM model incl. its memory projections and LTM codec, :func:`ahm.envs.save_ahm_checkpoint`)
@@ -77,7 +78,16 @@ class TrainRLConfig:
     algo: str = "ppo"
     """RL algorithm: ppo, a2c, recurrent_ppo, maskable_ppo."""
     rl_timesteps: int = 16_384
-    """Env steps (chunks) per controller phase."""
+    """Env steps (chunks) per controller phase (0 with --imitate: the first phase only imitates)."""
+    net_arch: str = "64,64"
+    """Hidden layer widths of the new policy's actor and critic MLPs (SB3's default 64,64)."""
+    imitate: str = ""
+    """Behaviour cloning before the first controller phase's RL: the new policy first copies this heuristic
+    ('update', 'oracle', ...; ahm.agents.learned.imitate), then RL fine-tunes it. '': start from scratch."""
+    imitation_steps: int = 65_536
+    """Env steps the heuristic plays for imitation."""
+    imitation_epochs: int = 10
+    """Passes of imitation over those steps."""
     num_envs: int = 16
     """Sub-environments of the controller phase's vector env."""
     n_steps: int = 64
@@ -125,10 +135,22 @@ class TrainRLConfig:
             raise ValueError(f"--env-id must be one of {list(ENV_SPECS)}, got {self.env_id!r}")
         if self.algo not in ALGORITHMS:
             raise ValueError(f"--algo must be one of {list(ALGORITHMS)}, got {self.algo!r}")
-        for name in ("rounds", "rl_timesteps", "num_envs", "n_steps", "seq_len", "train_streams", "chunk_size",
-                     "wm_slots", "eval_seeds", "threads"):
+        for name in ("rounds", "num_envs", "n_steps", "seq_len", "train_streams", "chunk_size",
+                     "wm_slots", "eval_seeds", "threads", "imitation_steps", "imitation_epochs"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be an int >= 1, got {getattr(self, name)!r}")
+        if not isinstance(self.rl_timesteps, int) or self.rl_timesteps < (0 if self.imitate else 1):
+            raise ValueError(f"--rl-timesteps must be an int >= 1 (0 only with --imitate), got {self.rl_timesteps!r}")
+        if self.imitate and self.imitate not in HEURISTICS:
+            raise ValueError(f"--imitate must be one of {tuple(HEURISTICS)} (or empty), got {self.imitate!r}")
+        if self.imitate and ALGORITHMS[self.algo].recurrent:
+            raise ValueError("--imitate is not available with --algo recurrent_ppo")
+        try:
+            widths = [int(w) for w in self.net_arch.split(",") if w.strip()]
+        except ValueError:
+            widths = []
+        if not widths or min(widths) < 1:
+            raise ValueError(f"--net-arch must be comma-separated positive widths like 64,64, got {self.net_arch!r}")
         if self.rl_ltm_capacity < 0:
             raise ValueError(f"--rl-ltm-capacity must be >= 0 (0: the env's default), got {self.rl_ltm_capacity!r}")
         if not (0.0 <= self.gamma <= 1.0 and 0.0 <= self.gae_lambda <= 1.0):
@@ -221,8 +243,14 @@ def run_alternation(cfg: TrainRLConfig, log: Callable[[str], None] = print) -> d
             n_steps=cfg.n_steps, batch_size=min(256, cfg.n_steps * cfg.num_envs), learning_rate=cfg.rl_lr,
             gamma=cfg.gamma, gae_lambda=cfg.gae_lambda,
             seed=cfg.seed + r, tensorboard_log=str(out / "tb"), forget_prior=cfg.forget_prior,
-            env_kwargs=env_kwargs)
+            imitate=cfg.imitate if sb3_model is None else "", imitation_steps=cfg.imitation_steps,
+            imitation_epochs=cfg.imitation_epochs, env_kwargs=env_kwargs,
+            policy_kwargs={"net_arch": [int(w) for w in cfg.net_arch.split(",") if w.strip()]})
         sb3_model = train_controller(rl_cfg, model=sb3_model)
+        if rl_cfg.imitate:
+            st = sb3_model.imitation_stats
+            log(f"round {r} imitation of {cfg.imitate!r}: {int(st['demonstrations'])} steps (teacher accuracy "
+                f"{st['teacher_accuracy']:.3f}), held-out agreement {st.get('holdout_agreement', float('nan')):.3f}")
         t2 = time.perf_counter()
         # ---- checkpoint: backbone and controller, then the state that names the round (atomic, last)
         save_ahm_checkpoint(round_dir / "backbone", model, extra={"round": r, "train_rl_config": asdict(cfg)})
