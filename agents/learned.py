@@ -482,6 +482,8 @@ class Demonstrations:
     """(N,) float: the reward of each step."""
     dones: np.ndarray
     """(N,) bool: the step ended its episode."""
+    streams: np.ndarray
+    """(N,) int64: the stream seed of the step's episode (held-out fits leave whole streams out)."""
     returns: np.ndarray
     """(N,) float: discounted reward from the step to its episode's end; NaN where the episode was cut off by
     the end of the collection (no return is known there)."""
@@ -512,6 +514,7 @@ def collect_demonstrations(teacher: Any, env: AHMMemoryVectorEnv, steps: int, ga
     start = np.ones(n, dtype=bool)
     observations: dict[str, list[np.ndarray]] = {k: [] for k in obs}
     actions, masks = np.zeros((rounds, n, 5), dtype=np.int64), []
+    streams = np.zeros((rounds, n), dtype=np.int64)
     rewards, dones = np.zeros((rounds, n)), np.zeros((rounds, n), dtype=bool)
     accuracies: list[float] = []
     for t in range(rounds):
@@ -521,6 +524,7 @@ def collect_demonstrations(teacher: Any, env: AHMMemoryVectorEnv, steps: int, ga
             observations[key].append(np.array(value, copy=True))
         masks.append(mask)
         actions[t] = act
+        streams[t] = env.episodes.stream_seeds
         step = env.step_arrays(act)
         rewards[t] = step.reward
         dones[t] = step.terminated | step.truncated
@@ -537,7 +541,7 @@ def collect_demonstrations(teacher: Any, env: AHMMemoryVectorEnv, steps: int, ga
         teacher=str(getattr(teacher, "name", type(teacher).__name__)),
         observations={k: np.concatenate(v) for k, v in observations.items()},
         actions=actions.reshape(-1, 5), masks=np.concatenate(masks), rewards=rewards.reshape(-1),
-        dones=dones.reshape(-1), returns=returns.reshape(-1),
+        dones=dones.reshape(-1), streams=streams.reshape(-1), returns=returns.reshape(-1),
         episodes=len(accuracies), accuracy=float(np.mean(accuracies)) if accuracies else float("nan"))
 
 
@@ -547,10 +551,13 @@ def imitate(model: OnPolicyAlgorithm, demos: Demonstrations, epochs: int, batch_
 
     Minimises ``-log pi(teacher's action | observation) + vf_coef * (V(observation) - return)^2`` with
     Adam over ``epochs`` passes of shuffled minibatches; the value term only where the return is known.
-    The last ``holdout`` of the demonstrations (later steps of the same collection) is left out of
-    training and measures the fit: ``agreement`` (all five components equal to the teacher's under
-    the deterministic policy), ``agreement_<j>`` per component, and the losses. MaskablePPO's
-    distribution is masked with the recorded masks, as in its own training.
+    A ``holdout`` fraction of the demonstrations' distinct streams (at least one, never all; none when
+    there is one stream) is left out of training and measures how the fit generalises to streams it
+    has not seen: ``agreement`` (all five components equal to the teacher's under the deterministic
+    policy), ``agreement_<j>`` per component, and the losses, for ``train_`` and ``holdout_`` rows.
+    (A split by time within the same streams would not: the SSM features identify a stream's
+    positions, and a large policy fits them.) MaskablePPO's distribution is masked with the recorded
+    masks, as in its own training.
     """
     spec = ALGORITHMS[algo_name(model)]
     if spec.recurrent:
@@ -559,7 +566,14 @@ def imitate(model: OnPolicyAlgorithm, demos: Demonstrations, epochs: int, batch_
         raise ValueError(f"holdout must be in [0, 1), got {holdout!r}")
     policy = model.policy
     n = len(demos)
-    n_train = max(1, n - int(round(holdout * n)))
+    unique = np.unique(demos.streams)
+    held_out = np.zeros(n, dtype=bool)
+    if holdout > 0 and len(unique) > 1:
+        n_held = min(max(1, int(round(holdout * len(unique)))), len(unique) - 1)
+        chosen = np.random.default_rng(seed).permutation(unique)[:n_held]
+        held_out = np.isin(demos.streams, chosen)
+    train_rows = torch.as_tensor(np.nonzero(~held_out)[0])
+    holdout_rows = torch.as_tensor(np.nonzero(held_out)[0])
     device = policy.device
     obs = {k: torch.as_tensor(v, dtype=torch.float32, device=device) for k, v in demos.observations.items()}
     actions = torch.as_tensor(demos.actions, device=device)
@@ -580,15 +594,16 @@ def imitate(model: OnPolicyAlgorithm, demos: Demonstrations, epochs: int, batch_
 
     policy.set_training_mode(True)
     for _ in range(epochs):
-        for idx in torch.randperm(n_train, generator=generator).split(batch_size):
+        for idx in train_rows[torch.randperm(len(train_rows), generator=generator)].split(batch_size):
             policy_loss, value_loss = losses(idx.to(device))
             optimizer.zero_grad()
             (policy_loss + vf_coef * value_loss).backward()
             nn.utils.clip_grad_norm_(policy.parameters(), 0.5)
             optimizer.step()
     policy.set_training_mode(False)
-    stats: dict[str, float] = {"demonstrations": float(n), "teacher_accuracy": demos.accuracy}
-    for split, idx in (("train", torch.arange(n_train)), ("holdout", torch.arange(n_train, n))):
+    stats: dict[str, float] = {"demonstrations": float(n), "teacher_accuracy": demos.accuracy,
+                               "streams": float(len(unique)), "holdout_rows": float(held_out.sum())}
+    for split, idx in (("train", train_rows), ("holdout", holdout_rows)):
         if len(idx) == 0:
             continue
         with torch.no_grad():

@@ -339,6 +339,9 @@ def test_demonstrations_record_the_teachers_actions_and_discounted_returns() -> 
             expected[t] = running
         np.testing.assert_allclose(returns[:, i], expected)
     assert np.isnan(returns[last + 1:]).all() and np.isfinite(returns[: last + 1]).all()  # the cut-off episode
+    streams = demos.streams.reshape(33, 2)  # one stream per episode, a new one after each end
+    changes = streams[1:] != streams[:-1]
+    np.testing.assert_array_equal(changes, dones[:-1])
 
 
 def test_imitation_makes_a_new_policy_act_like_its_teacher() -> None:
@@ -348,6 +351,7 @@ def test_imitation_makes_a_new_policy_act_like_its_teacher() -> None:
     model = train_controller(config)
     stats = model.imitation_stats
     assert model.num_timesteps == 0 and stats["demonstrations"] == 2048
+    assert stats["streams"] > 10 and 0 < stats["holdout_rows"] < 2048 / 3  # whole streams held out
     assert stats["holdout_agreement"] > 0.95 and stats["holdout_policy_loss"] < stats["train_policy_loss"] + 0.5
     teacher, cloned, before = rollout([make_controller("update"), SB3Controller(model), SB3Controller(untrained)],
                                       steps=48, seed=99)  # other streams than the demonstrations
