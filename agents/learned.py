@@ -56,6 +56,7 @@ from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.vec_env import VecMonitor
 from torch import Tensor, nn
 
+from ahm.agents.policies import FEATURE_EXTRACTORS, slot_policy_kwargs, wire_slot_scores
 from ahm.backbone.checkpoint import atomic_write_bytes
 from ahm.envs.memory_env import action_nvec
 from ahm.envs.vector_env import AHMMemoryVectorEnv, SB3VecEnvAdapter, noop_invalid_actions
@@ -319,6 +320,11 @@ class ControllerTrainConfig:
     policy_kwargs: dict[str, Any] = field(default_factory=dict)
     """SB3 policy arguments (e.g. net_arch=[64, 64], lstm_hidden_size=64); keep them JSON-able plus torch.nn
     activation / torch.optim classes so save_controller can store them."""
+    features: str = "flat"
+    """The policy's features: 'flat' (SB3's CombinedExtractor, every key flattened, then policy_kwargs' net_arch)
+    or 'slots' (ahm.agents.policies.SlotFeaturesExtractor: a network shared by the WM slots scores each slot for
+    write and forget, with a linear head; policy_kwargs' entries override slot_policy_kwargs()). Not for
+    recurrent_ppo."""
     forget_prior: float = 0.0
     """Initial probability of "forget nothing" in the action's two forget components (WM slot, LTM entries), set
     through the action head's bias (:func:`set_noop_prior`); 0 keeps SB3's start, near uniform, where a random
@@ -373,6 +379,10 @@ class ControllerTrainConfig:
             raise ValueError(f"gae_lambda must be in [0, 1], got {self.gae_lambda!r}")
         if not 0.0 <= self.forget_prior < 1.0:
             raise ValueError(f"forget_prior must be in [0, 1), got {self.forget_prior!r}")
+        if self.features not in ("flat", "slots"):
+            raise ValueError(f"features must be 'flat' or 'slots', got {self.features!r}")
+        if self.features == "slots" and ALGORITHMS[self.algo].recurrent:
+            raise ValueError("features='slots' is not available for recurrent_ppo (its head reads the LSTM's output)")
         if self.n_steps * self.num_envs < 2:
             raise ValueError("n_steps * num_envs must be at least 2 (SB3 normalises advantages over a rollout)")
         if "num_envs" in self.env_kwargs:
@@ -723,6 +733,12 @@ class MemoryLoggingCallback(BaseCallback):
         return result
 
 
+def _policy_kwargs(config: ControllerTrainConfig) -> dict[str, Any] | None:
+    if config.features == "slots":
+        return {**slot_policy_kwargs(), **config.policy_kwargs}
+    return dict(config.policy_kwargs) or None
+
+
 def train_controller(config: ControllerTrainConfig, model: OnPolicyAlgorithm | None = None,
                      env: AHMMemoryVectorEnv | SB3VecEnvAdapter | None = None,
                      callbacks: Sequence[BaseCallback] = ()) -> OnPolicyAlgorithm:
@@ -757,10 +773,12 @@ def train_controller(config: ControllerTrainConfig, model: OnPolicyAlgorithm | N
         kwargs: dict[str, Any] = dict(learning_rate=config.learning_rate, n_steps=config.n_steps, gamma=config.gamma,
                                       gae_lambda=config.gae_lambda,
                                       seed=config.seed, device=config.device, tensorboard_log=config.tensorboard_log,
-                                      policy_kwargs=dict(config.policy_kwargs) or None, verbose=config.verbose)
+                                      policy_kwargs=_policy_kwargs(config), verbose=config.verbose)
         if "batch_size" in inspect.signature(spec.cls.__init__).parameters:
             kwargs["batch_size"] = config.batch_size
         model = spec.cls(spec.policy, venv, **kwargs)
+        if config.features == "slots":
+            wire_slot_scores(model.policy)
         if config.forget_prior:
             set_noop_prior(model.policy, FORGET_COMPONENTS, config.forget_prior)
         if config.imitate:
@@ -806,7 +824,7 @@ _WEIGHTS, _META = "controller.safetensors", "controller.json"
 _CLASS_KWARGS: dict[str, tuple[Any, type]] = {
     "activation_fn": (nn, nn.Module),
     "optimizer_class": (torch.optim, torch.optim.Optimizer),
-    "features_extractor_class": (torch_layers, torch_layers.BaseFeaturesExtractor),
+    "features_extractor_class": (FEATURE_EXTRACTORS, torch_layers.BaseFeaturesExtractor),
 }
 """Policy arguments that are classes, saved by name and looked up only in these modules on load."""
 

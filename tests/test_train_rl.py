@@ -63,6 +63,7 @@ def test_short_run_completes_with_checkpoints_tensorboard_and_table(tmp_path):
     (["--rl-timesteps", "0"], "0 only with --imitate"),
     (["--imitate", "update", "--algo", "recurrent_ppo"], "not available with --algo recurrent_ppo"),
     (["--net-arch", "64,x"], "--net-arch must be"),
+    (["--features", "graph"], "--features must be"),
 ])
 def test_bad_config_stops_with_a_message(tmp_path, args, message):
     r = subprocess.run([sys.executable, str(REPO / "train_rl.py"), "--out-dir", str(tmp_path / "run"), *args],

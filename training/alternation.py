@@ -44,6 +44,7 @@ from ahm.agents.learned import (
     save_controller,
     train_controller,
 )
+from ahm.agents.policies import slot_policy_kwargs
 from ahm.backbone import AHMModel
 from ahm.backbone.checkpoint import atomic_write_bytes
 from ahm.envs import ENV_SPECS
@@ -80,7 +81,11 @@ class TrainRLConfig:
     rl_timesteps: int = 16_384
     """Env steps (chunks) per controller phase (0 with --imitate: the first phase only imitates)."""
     net_arch: str = "64,64"
-    """Hidden layer widths of the new policy's actor and critic MLPs (SB3's default 64,64)."""
+    """Hidden layer widths of the new policy's actor and critic MLPs (SB3's default 64,64); with --features slots,
+    its first width is the global MLP's (two layers) and the head is linear."""
+    features: str = "flat"
+    """Policy features: 'flat' (every observation key flattened into the MLP) or 'slots' (one network shared by
+    the WM slots scores each for write and forget: ahm.agents.policies.SlotFeaturesExtractor)."""
     imitate: str = ""
     """Behaviour cloning before the first controller phase's RL: the new policy first copies this heuristic
     ('update', 'oracle', ...; ahm.agents.learned.imitate), then RL fine-tunes it. '': start from scratch."""
@@ -151,6 +156,10 @@ class TrainRLConfig:
             widths = []
         if not widths or min(widths) < 1:
             raise ValueError(f"--net-arch must be comma-separated positive widths like 64,64, got {self.net_arch!r}")
+        if self.features not in ("flat", "slots"):
+            raise ValueError(f"--features must be 'flat' or 'slots', got {self.features!r}")
+        if self.features == "slots" and ALGORITHMS[self.algo].recurrent:
+            raise ValueError("--features slots is not available with --algo recurrent_ppo")
         if self.rl_ltm_capacity < 0:
             raise ValueError(f"--rl-ltm-capacity must be >= 0 (0: the env's default), got {self.rl_ltm_capacity!r}")
         if not (0.0 <= self.gamma <= 1.0 and 0.0 <= self.gae_lambda <= 1.0):
@@ -192,6 +201,13 @@ def _lm_config(rl: TrainRLConfig, round_dir: Path, model: AHMModel | None) -> Tr
                          wm_slots=rl.wm_slots, lr=rl.lm_lr, lm_weight=0.2, max_steps=max(rl.lm_steps, 1),
                          seed=rl.seed, threads=rl.threads, out_dir=str(round_dir / "lm"), checkpoint_every=10**9,
                          progress=rl.progress, **shape)
+
+
+def _policy_kwargs(cfg: TrainRLConfig) -> dict[str, Any]:
+    widths = [int(w) for w in cfg.net_arch.split(",") if w.strip()]
+    if cfg.features == "slots":
+        return slot_policy_kwargs(hidden=widths[0])
+    return {"net_arch": widths}
 
 
 def run_alternation(cfg: TrainRLConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -245,7 +261,7 @@ def run_alternation(cfg: TrainRLConfig, log: Callable[[str], None] = print) -> d
             seed=cfg.seed + r, tensorboard_log=str(out / "tb"), forget_prior=cfg.forget_prior,
             imitate=cfg.imitate if sb3_model is None else "", imitation_steps=cfg.imitation_steps,
             imitation_epochs=cfg.imitation_epochs, env_kwargs=env_kwargs,
-            policy_kwargs={"net_arch": [int(w) for w in cfg.net_arch.split(",") if w.strip()]})
+            features=cfg.features, policy_kwargs=_policy_kwargs(cfg))
         sb3_model = train_controller(rl_cfg, model=sb3_model)
         if rl_cfg.imitate:
             st = sb3_model.imitation_stats
