@@ -58,7 +58,8 @@ def test_the_new_policy_starts_with_slot_scores_as_slot_logits_and_survives_a_ch
     k, h = 8, 16
     torch.testing.assert_close(weight[1 : k + 1, h : h + k], torch.eye(k), atol=1e-5, rtol=0)
     offset3 = 9 + 2 + 4  # component 3 (forget WM slot) starts after the values of components 0-2
-    torch.testing.assert_close(weight[offset3 + 1 : offset3 + k + 1, h + k : h + 2 * k], torch.eye(k), atol=1e-5, rtol=0)
+    forget_block = weight[offset3 + 1 : offset3 + k + 1, h + k : h + 2 * k]
+    torch.testing.assert_close(forget_block, torch.eye(k), atol=1e-5, rtol=0)
 
     path = save_controller(tmp_path / "c", model)
     assert json.loads((path / "controller.json").read_text())["policy_kwargs"]["features_extractor_class"] == {
