@@ -566,8 +566,9 @@ def imitate(model: OnPolicyAlgorithm, demos: Demonstrations, epochs: int, batch_
     has not seen: ``agreement`` (all five components equal to the teacher's under the deterministic
     policy), ``agreement_<j>`` per component, and the losses, for ``train_`` and ``holdout_`` rows.
     (A split by time within the same streams would not: the SSM features identify a stream's
-    positions, and a large policy fits them.) MaskablePPO's distribution is masked with the recorded
-    masks, as in its own training.
+    positions, and a large policy fits them.) With held-out rows, training stops early: the policy
+    keeps the weights of the epoch with the lowest held-out policy loss (``epochs`` in the statistics).
+    MaskablePPO's distribution is masked with the recorded masks, as in its own training.
     """
     spec = ALGORITHMS[algo_name(model)]
     if spec.recurrent:
@@ -602,17 +603,33 @@ def imitate(model: OnPolicyAlgorithm, demos: Demonstrations, epochs: int, batch_
         value_loss = ((values.flatten() - torch.nan_to_num(target)) ** 2 * known).sum() / known.sum().clamp(min=1)
         return -log_prob.mean(), value_loss
 
+    def holdout_loss() -> float:
+        policy.set_training_mode(False)
+        with torch.no_grad():
+            total = sum(float(losses(idx.to(device))[0]) * len(idx) for idx in holdout_rows.split(4096))
+        policy.set_training_mode(True)
+        return total / len(holdout_rows)
+
+    best_loss, best_epoch, best_state = math.inf, epochs, None
     policy.set_training_mode(True)
-    for _ in range(epochs):
+    for epoch in range(1, epochs + 1):
         for idx in train_rows[torch.randperm(len(train_rows), generator=generator)].split(batch_size):
             policy_loss, value_loss = losses(idx.to(device))
             optimizer.zero_grad()
             (policy_loss + vf_coef * value_loss).backward()
             nn.utils.clip_grad_norm_(policy.parameters(), 0.5)
             optimizer.step()
+        if len(holdout_rows):
+            loss = holdout_loss()
+            if loss < best_loss:
+                best_loss, best_epoch = loss, epoch
+                best_state = {k: v.detach().clone() for k, v in policy.state_dict().items()}
+    if best_state is not None:
+        policy.load_state_dict(best_state)
     policy.set_training_mode(False)
     stats: dict[str, float] = {"demonstrations": float(n), "teacher_accuracy": demos.accuracy,
-                               "streams": float(len(unique)), "holdout_rows": float(held_out.sum())}
+                               "streams": float(len(unique)), "holdout_rows": float(held_out.sum()),
+                               "epochs": float(best_epoch)}
     for split, idx in (("train", train_rows), ("holdout", holdout_rows)):
         if len(idx) == 0:
             continue

@@ -352,6 +352,7 @@ def test_imitation_makes_a_new_policy_act_like_its_teacher() -> None:
     stats = model.imitation_stats
     assert model.num_timesteps == 0 and stats["demonstrations"] == 2048
     assert stats["streams"] > 10 and 0 < stats["holdout_rows"] < 2048 / 3  # whole streams held out
+    assert 1 <= stats["epochs"] <= 10  # the epoch of the lowest held-out loss
     assert stats["holdout_agreement"] > 0.95 and stats["holdout_policy_loss"] < stats["train_policy_loss"] + 0.5
     teacher, cloned, before = rollout([make_controller("update"), SB3Controller(model), SB3Controller(untrained)],
                                       steps=48, seed=99)  # other streams than the demonstrations

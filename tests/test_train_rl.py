@@ -29,6 +29,8 @@ def test_short_run_completes_with_checkpoints_tensorboard_and_table(tmp_path):
     assert [t["round"] for t in out["rounds"]] == [0, 1]
     imitation = [line for line in lines if "imitation of 'update'" in line]
     assert len(imitation) == 1 and imitation[0].startswith("round 0")  # a new policy only; round 1 continues it
+    cloned = load_controller(tmp_path / "round_0" / "controller_imitation").model  # kept before RL continued it
+    assert cloned.num_timesteps == 0 and not (tmp_path / "round_1" / "controller_imitation").exists()
     state = json.loads((tmp_path / "state.json").read_text())
     assert state["completed_rounds"] == 2
     for r in (0, 1):
@@ -43,7 +45,7 @@ def test_short_run_completes_with_checkpoints_tensorboard_and_table(tmp_path):
     assert events, "no TensorBoard events from the controller phase"
     assert list((tmp_path / "round_0" / "lm" / "tb").rglob("events.out.tfevents.*")), "no backbone-phase events"
     controllers = {row.controller for row in out["rows"]}
-    assert {"none", "write_all"} <= controllers and any("learned" in c for c in controllers)
+    assert {"none", "write_all", "ppo (learned)", "ppo (imitation only)"} <= controllers
     assert "| task |" in out["table"].splitlines()[0].lower() or "task" in out["table"].splitlines()[0]
     assert out["table"] in "\n".join(lines)
 

@@ -13,7 +13,8 @@ For R rounds:
 
 Each round ends with an atomic checkpoint in ``out_dir/round_<r>/``: ``backbone/`` (the
 AHM model incl. its memory projections and LTM codec, :func:`ahm.envs.save_ahm_checkpoint`)
-and ``controller/`` (:func:`ahm.agents.learned.save_controller`), then ``state.json``
+and ``controller/`` (:func:`ahm.agents.learned.save_controller`; with ``--imitate`` also
+``controller_imitation/``, the policy after imitation and before RL), then ``state.json``
 (written last) names the completed round; ``--resume`` continues after it. The memory's
 contents belong to an episode and are not carried between rounds (every episode starts
 empty), so a round's checkpoint is complete without them.
@@ -25,6 +26,7 @@ controller with every heuristic and the oracle on the final backbone and prints 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -54,6 +56,8 @@ from ahm.training.supervised import TrainLMConfig, train
 __all__ = ["TrainRLConfig", "run_alternation"]
 
 STATE = "state.json"
+IMITATION = "controller_imitation"
+"""With --imitate: round 0's controller after imitation, before RL."""
 
 
 @dataclass
@@ -262,25 +266,34 @@ def run_alternation(cfg: TrainRLConfig, log: Callable[[str], None] = print) -> d
             imitate=cfg.imitate if sb3_model is None else "", imitation_steps=cfg.imitation_steps,
             imitation_epochs=cfg.imitation_epochs, env_kwargs=env_kwargs,
             features=cfg.features, policy_kwargs=_policy_kwargs(cfg))
-        sb3_model = train_controller(rl_cfg, model=sb3_model)
-        if rl_cfg.imitate:
+        trained_on = {k: v for k, v in env_kwargs.items() if k not in ("backbone", "stream_seeds")}
+        spec = {"env_id": cfg.env_id, "env_kwargs": {**trained_on, "backbone": str(round_dir / "backbone")}}
+        reuse_env = None
+        if rl_cfg.imitate:  # imitation first, kept on its own (the benchmark scores it too), then RL continues it
+            sb3_model = train_controller(dataclasses.replace(rl_cfg, total_timesteps=0))
+            reuse_env = sb3_model.get_env().venv  # the adapter over the env whose stream features are cached
             st = sb3_model.imitation_stats
             log(f"round {r} imitation of {cfg.imitate!r}: {int(st['demonstrations'])} steps (teacher accuracy "
-                f"{st['teacher_accuracy']:.3f}), held-out agreement {st.get('holdout_agreement', float('nan')):.3f}")
+                f"{st['teacher_accuracy']:.3f}), agreement on held-out streams "
+                f"{st.get('holdout_agreement', float('nan')):.3f} after {int(st['epochs'])} epochs")
+            save_controller(round_dir / IMITATION, sb3_model, spec)
+            rl_cfg = dataclasses.replace(rl_cfg, imitate="")
+        if rl_cfg.total_timesteps:
+            sb3_model = train_controller(rl_cfg, model=sb3_model, env=reuse_env)
         t2 = time.perf_counter()
         # ---- checkpoint: backbone and controller, then the state that names the round (atomic, last)
         save_ahm_checkpoint(round_dir / "backbone", model, extra={"round": r, "train_rl_config": asdict(cfg)})
-        trained_on = {k: v for k, v in env_kwargs.items() if k not in ("backbone", "stream_seeds")}
-        save_controller(round_dir / "controller", sb3_model,
-                        {"env_id": cfg.env_id, "env_kwargs": {**trained_on, "backbone": str(round_dir / "backbone")}})
+        save_controller(round_dir / "controller", sb3_model, spec)
         atomic_write_bytes(out / STATE, json.dumps({"completed_rounds": r + 1, "config": asdict(cfg)}).encode())
         timings.append({"round": r, "backbone_s": round(t1 - t0, 1), "controller_s": round(t2 - t1, 1)})
         log(f"round {r}: backbone phase {t1 - t0:.0f}s, controller phase {t2 - t1:.0f}s ({cfg.rl_timesteps} steps); "
             f"checkpoint {round_dir}/")
     final = out / f"round_{cfg.rounds - 1}"
-    learned = load_controller(final / "controller", name=f"{cfg.algo} (learned)")
+    learned = [load_controller(final / "controller", name=f"{cfg.algo} (learned)")]
+    if cfg.imitate and cfg.rl_timesteps and (out / "round_0" / IMITATION).exists():
+        learned.append(load_controller(out / "round_0" / IMITATION, name=f"{cfg.algo} (imitation only)"))
     bench = BenchmarkConfig(tasks=cfg.env_id, lengths=cfg.eval_lengths,
-                            controllers=[learned, *[c.strip() for c in cfg.eval_controllers.split(",") if c.strip()]],
+                            controllers=[*learned, *[c.strip() for c in cfg.eval_controllers.split(",") if c.strip()]],
                             seeds=cfg.eval_seeds, chunk_size=cfg.chunk_size, backbone=str(final / "backbone"),
                             out_dir=str(out / "benchmark"), threads=cfg.threads)
     rows = run_benchmark(bench, log=None)
