@@ -337,7 +337,9 @@ class ControllerTrainConfig:
     imitation_steps: int = 65_536
     """Env steps (summed over sub-envs) the teacher plays for imitation, rounded up to whole rounds of num_envs."""
     imitation_epochs: int = 10
-    """Passes of imitation over the demonstrations (minibatches of batch_size, Adam at learning_rate)."""
+    """Passes of imitation over the demonstrations (minibatches of batch_size)."""
+    imitation_lr: float = 3e-4
+    """Adam's learning rate of imitation (RL's, learning_rate, is often far smaller for fine-tuning)."""
     eval_freq: int = 10
     """Evaluate the deterministic controller every this many rollouts (eval/success, eval/accuracy,
     eval/return), and after the last one; 0: never."""
@@ -371,8 +373,10 @@ class ControllerTrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {value!r}")
-        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
-            raise ValueError(f"learning_rate must be a positive float, got {self.learning_rate!r}")
+        for name in ("learning_rate", "imitation_lr"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be a positive float, got {value!r}")
         if not 0.0 <= self.gamma <= 1.0:
             raise ValueError(f"gamma must be in [0, 1], got {self.gamma!r}")
         if not 0.0 <= self.gae_lambda <= 1.0:
@@ -804,7 +808,7 @@ def train_controller(config: ControllerTrainConfig, model: OnPolicyAlgorithm | N
             demos = collect_demonstrations(make_controller(config.imitate), vector_env, config.imitation_steps,
                                            config.gamma, seed=config.seed + 20_000)
             model.imitation_stats = imitate(model, demos, config.imitation_epochs, config.batch_size,
-                                      config.learning_rate, seed=config.seed)
+                                            config.imitation_lr, seed=config.seed)
             callbacks = [_RecordImitation(model.imitation_stats), *callbacks]
         reset = True  # learn() resets the env the demonstrations were collected on
     else:

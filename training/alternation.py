@@ -96,7 +96,9 @@ class TrainRLConfig:
     imitation_steps: int = 65_536
     """Env steps the heuristic plays for imitation."""
     imitation_epochs: int = 10
-    """Passes of imitation over those steps."""
+    """Passes of imitation over those steps (the epoch with the lowest loss on held-out streams is kept)."""
+    imitation_lr: float = 3e-4
+    """Learning rate of imitation (--rl-lr is RL's)."""
     num_envs: int = 16
     """Sub-environments of the controller phase's vector env."""
     n_steps: int = 64
@@ -170,8 +172,8 @@ class TrainRLConfig:
             raise ValueError(f"--gamma and --gae-lambda must be in [0, 1], got {self.gamma!r}, {self.gae_lambda!r}")
         if not 0.0 <= self.forget_prior < 1.0:
             raise ValueError(f"--forget-prior must be in [0, 1), got {self.forget_prior!r}")
-        if self.lm_steps < 0 or not self.lm_lr > 0 or not self.rl_lr > 0:
-            raise ValueError("--lm-steps must be >= 0 and --lm-lr, --rl-lr > 0")
+        if self.lm_steps < 0 or not self.lm_lr > 0 or not self.rl_lr > 0 or not self.imitation_lr > 0:
+            raise ValueError("--lm-steps must be >= 0 and --lm-lr, --rl-lr, --imitation-lr > 0")
         if self.teacher not in HEURISTICS:
             raise ValueError(f"--teacher must be one of {tuple(HEURISTICS)}, got {self.teacher!r}")
         if self.task == "text":
@@ -264,7 +266,7 @@ def run_alternation(cfg: TrainRLConfig, log: Callable[[str], None] = print) -> d
             gamma=cfg.gamma, gae_lambda=cfg.gae_lambda,
             seed=cfg.seed + r, tensorboard_log=str(out / "tb"), forget_prior=cfg.forget_prior,
             imitate=cfg.imitate if sb3_model is None else "", imitation_steps=cfg.imitation_steps,
-            imitation_epochs=cfg.imitation_epochs, env_kwargs=env_kwargs,
+            imitation_epochs=cfg.imitation_epochs, imitation_lr=cfg.imitation_lr, env_kwargs=env_kwargs,
             features=cfg.features, policy_kwargs=_policy_kwargs(cfg))
         trained_on = {k: v for k, v in env_kwargs.items() if k not in ("backbone", "stream_seeds")}
         spec = {"env_id": cfg.env_id, "env_kwargs": {**trained_on, "backbone": str(round_dir / "backbone")}}
@@ -277,9 +279,8 @@ def run_alternation(cfg: TrainRLConfig, log: Callable[[str], None] = print) -> d
                 f"{st['teacher_accuracy']:.3f}), agreement on held-out streams "
                 f"{st.get('holdout_agreement', float('nan')):.3f} after {int(st['epochs'])} epochs")
             save_controller(round_dir / IMITATION, sb3_model, spec)
-            rl_cfg = dataclasses.replace(rl_cfg, imitate="")
         if rl_cfg.total_timesteps:
-            sb3_model = train_controller(rl_cfg, model=sb3_model, env=reuse_env)
+            sb3_model = train_controller(dataclasses.replace(rl_cfg, imitate=""), model=sb3_model, env=reuse_env)
         t2 = time.perf_counter()
         # ---- checkpoint: backbone and controller, then the state that names the round (atomic, last)
         save_ahm_checkpoint(round_dir / "backbone", model, extra={"round": r, "train_rl_config": asdict(cfg)})
