@@ -61,7 +61,7 @@ def test_imitation_only_saves_the_cloned_policy_as_the_controller(tmp_path):
     controller = load_controller(tmp_path / "round_0" / "controller").model
     assert controller.num_timesteps == 0
     assert type(controller.policy.features_extractor).__name__ == "SlotFeaturesExtractor"
-    assert "ppo (learned)" in {row.controller for row in out["rows"]}
+    assert "ppo (imitation only)" in {row.controller for row in out["rows"]}  # no RL: not labelled learned
 
 
 @pytest.mark.parametrize("args, message", [

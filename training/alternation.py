@@ -290,7 +290,8 @@ def run_alternation(cfg: TrainRLConfig, log: Callable[[str], None] = print) -> d
         log(f"round {r}: backbone phase {t1 - t0:.0f}s, controller phase {t2 - t1:.0f}s ({cfg.rl_timesteps} steps); "
             f"checkpoint {round_dir}/")
     final = out / f"round_{cfg.rounds - 1}"
-    learned = [load_controller(final / "controller", name=f"{cfg.algo} (learned)")]
+    label = f"{cfg.algo} (imitation only)" if cfg.imitate and cfg.rl_timesteps == 0 else f"{cfg.algo} (learned)"
+    learned = [load_controller(final / "controller", name=label)]
     if cfg.imitate and cfg.rl_timesteps and (out / "round_0" / IMITATION).exists():
         learned.append(load_controller(out / "round_0" / IMITATION, name=f"{cfg.algo} (imitation only)"))
     bench = BenchmarkConfig(tasks=cfg.env_id, lengths=cfg.eval_lengths,
