@@ -570,7 +570,7 @@ def imitate(model: OnPolicyAlgorithm, demos: Demonstrations, epochs: int, batch_
     has not seen: ``agreement`` (all five components equal to the teacher's under the deterministic
     policy), ``agreement_<j>`` per component, and the losses, for ``train_`` and ``holdout_`` rows.
     (A split by time within the same streams would not: the SSM features identify a stream's
-    positions, and a large policy fits them.) With held-out rows, training stops early: the policy
+    positions, and a large policy fits them.) With held-out rows, every epoch runs and the policy then
     keeps the weights of the epoch with the lowest held-out policy loss (``epochs`` in the statistics).
     MaskablePPO's distribution is masked with the recorded masks, as in its own training.
     """
