@@ -448,6 +448,12 @@ def make_train_env(config: ControllerTrainConfig,
     return vector_env, VecMonitor(adapter)
 
 
+def _target_accuracy(targets: Mapping[str, Any], row: int | None = None) -> float:
+    """Targets answered correctly / targets of one finished episode (``row`` of a batched info)."""
+    correct, total = (targets[k] if row is None else targets[k][row] for k in ("correct", "total"))
+    return float(correct) / max(1.0, float(total))
+
+
 def evaluate_episodes(controller: Any, env: AHMMemoryVectorEnv, seed: int | None = None) -> dict[str, float]:
     """Run one episode in every sub-env of ``env`` with ``controller``; their means.
 
@@ -473,7 +479,7 @@ def evaluate_episodes(controller: Any, env: AHMMemoryVectorEnv, seed: int | None
         for r in np.nonzero(done & live)[0].tolist():
             final = s.final_info
             success[r] = float(final["is_success"][r])
-            accuracy[r] = float(final["targets"]["correct"][r]) / max(1.0, float(final["targets"]["total"][r]))
+            accuracy[r] = _target_accuracy(final["targets"], r)
         finished |= done
         obs, start = s.observation, done
     return {"success": float(success.mean()), "accuracy": float(accuracy.mean()), "return": float(returns.mean()),
@@ -543,8 +549,7 @@ def collect_demonstrations(teacher: Any, env: AHMMemoryVectorEnv, steps: int, ga
         rewards[t] = step.reward
         dones[t] = step.terminated | step.truncated
         for r in np.nonzero(dones[t])[0].tolist():
-            targets = step.final_info["targets"]
-            accuracies.append(float(targets["correct"][r]) / max(1.0, float(targets["total"][r])))
+            accuracies.append(_target_accuracy(step.final_info["targets"], r))
         obs, info, start = step.observation, step.info, dones[t]
     returns = np.full((rounds, n), np.nan)
     running = np.full(n, np.nan)  # unknown until an episode's end is seen
@@ -719,8 +724,7 @@ class MemoryLoggingCallback(BaseCallback):
                         self._ops[key] = self._ops.get(key, 0.0) + float(value)
                 targets = info.get("targets")
                 if targets is not None:
-                    acc = float(targets["correct"]) / max(1.0, float(targets["total"]))
-                    self._accuracy += acc
+                    self._accuracy += _target_accuracy(targets)
         return True
 
     def _on_rollout_end(self) -> None:

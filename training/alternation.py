@@ -157,7 +157,7 @@ class TrainRLConfig:
         if self.imitate and ALGORITHMS[self.algo].recurrent:
             raise ValueError("--imitate is not available with --algo recurrent_ppo")
         try:
-            widths = [int(w) for w in self.net_arch.split(",") if w.strip()]
+            widths = _widths(self.net_arch)
         except ValueError:
             widths = []
         if not widths or min(widths) < 1:
@@ -209,8 +209,12 @@ def _lm_config(rl: TrainRLConfig, round_dir: Path, model: AHMModel | None) -> Tr
                          progress=rl.progress, **shape)
 
 
+def _widths(net_arch: str) -> list[int]:
+    return [int(w) for w in net_arch.split(",") if w.strip()]
+
+
 def _policy_kwargs(cfg: TrainRLConfig) -> dict[str, Any]:
-    widths = [int(w) for w in cfg.net_arch.split(",") if w.strip()]
+    widths = _widths(cfg.net_arch)
     if cfg.features == "slots":
         return slot_policy_kwargs(hidden=widths[0])
     return {"net_arch": widths}
