@@ -340,6 +340,10 @@ class ControllerTrainConfig:
     """Passes of imitation over the demonstrations (minibatches of batch_size)."""
     imitation_lr: float = 3e-4
     """Adam's learning rate of imitation (RL's, learning_rate, is often far smaller for fine-tuning)."""
+    dagger_rounds: int = 0
+    """DAgger after the first imitation (Ross et al., 2011): in each round the cloned policy (deterministic)
+    plays imitation_steps more steps, the heuristic labels the states it reaches, and imitation goes on over
+    all demonstrations so far. 0: plain behaviour cloning. Needs imitate."""
     eval_freq: int = 10
     """Evaluate the deterministic controller every this many rollouts (eval/success, eval/accuracy,
     eval/return), and after the last one; 0: never."""
@@ -369,6 +373,10 @@ class ControllerTrainConfig:
             if ALGORITHMS[self.algo].recurrent:
                 raise ValueError("imitate is not available for recurrent_ppo (its policy needs LSTM states per "
                                  "sequence); use ppo, a2c or maskable_ppo")
+        if isinstance(self.dagger_rounds, bool) or not isinstance(self.dagger_rounds, int) or self.dagger_rounds < 0:
+            raise ValueError(f"dagger_rounds must be an int >= 0, got {self.dagger_rounds!r}")
+        if self.dagger_rounds and not self.imitate:
+            raise ValueError("dagger_rounds needs imitate (the heuristic that labels the states)")
         for name in ("eval_freq", "eval_episodes", "verbose"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -510,19 +518,45 @@ class Demonstrations:
     episodes: int
     """Episodes that ended during the collection."""
     accuracy: float
-    """The teacher's mean accuracy (targets correct / targets) over those episodes."""
+    """The mean accuracy (targets correct / targets) over those episodes of whoever acted: the teacher, or the
+    driver when there was one."""
+    driver: str = ""
+    """Who acted when it was not the teacher (DAgger: the policy being trained); '' : the teacher acted."""
 
     def __len__(self) -> int:
         return len(self.actions)
 
+    @staticmethod
+    def concatenate(parts: Sequence[Demonstrations]) -> Demonstrations:
+        """One set of demonstrations from several (DAgger's aggregation); rows keep their order, the accuracy is
+        the mean over all their episodes. The parts must have one teacher."""
+        if not parts:
+            raise ValueError("concatenate: no demonstrations given")
+        if len({p.teacher for p in parts}) != 1:
+            raise ValueError(f"concatenate: the parts have different teachers {sorted({p.teacher for p in parts})}")
+        episodes = sum(p.episodes for p in parts)
+        accuracy = (sum(p.accuracy * p.episodes for p in parts if p.episodes) / episodes if episodes
+                    else float("nan"))
+        return Demonstrations(
+            teacher=parts[0].teacher,
+            observations={k: np.concatenate([p.observations[k] for p in parts]) for k in parts[0].observations},
+            **{name: np.concatenate([getattr(p, name) for p in parts])
+               for name in ("actions", "masks", "rewards", "dones", "streams", "returns")},
+            episodes=episodes, accuracy=accuracy, driver=",".join(sorted({p.driver for p in parts if p.driver})))
+
 
 def collect_demonstrations(teacher: Any, env: AHMMemoryVectorEnv, steps: int, gamma: float,
-                           seed: int | None = None) -> Demonstrations:
+                           seed: int | None = None, driver: Any = None) -> Demonstrations:
     """Let ``teacher`` (a :class:`Controller`, e.g. a heuristic) play ``steps`` steps of ``env``; record them.
 
     ``steps`` is rounded up to whole rounds of ``env.num_envs``. The teacher gets the env's info
     (the oracle reads ground truth from it); what is recorded is only what a policy sees. Returns
     are discounted by ``gamma`` within each episode.
+
+    With ``driver`` (another controller, e.g. an :class:`SB3Controller` of the policy being trained),
+    the driver's actions step the env and the teacher only labels the states the driver reaches: the
+    data of DAgger (Ross et al., 2011), which shows a cloned policy the states its own mistakes lead
+    to. Rewards, returns and ``accuracy`` are then the driver's.
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
@@ -531,6 +565,8 @@ def collect_demonstrations(teacher: Any, env: AHMMemoryVectorEnv, steps: int, ga
     obs, info = env.reset(seed=seed)
     info = {k: v for k, v in info.items() if not k.startswith("_")}
     teacher.reset(n)
+    if driver is not None:
+        driver.reset(n)
     start = np.ones(n, dtype=bool)
     observations: dict[str, list[np.ndarray]] = {k: [] for k in obs}
     actions, masks = np.zeros((rounds, n, 5), dtype=np.int64), []
@@ -540,12 +576,13 @@ def collect_demonstrations(teacher: Any, env: AHMMemoryVectorEnv, steps: int, ga
     for t in range(rounds):
         mask = env.action_masks()
         act = np.asarray(teacher.act(obs, mask, info, start), dtype=np.int64)
+        played = act if driver is None else np.asarray(driver.act(obs, mask, info, start), dtype=np.int64)
         for key, value in obs.items():
             observations[key].append(np.array(value, copy=True))
         masks.append(mask)
         actions[t] = act
         streams[t] = env.episodes.stream_seeds
-        step = env.step_arrays(act)
+        step = env.step_arrays(played)
         rewards[t] = step.reward
         dones[t] = step.terminated | step.truncated
         for r in np.nonzero(dones[t])[0].tolist():
@@ -561,7 +598,8 @@ def collect_demonstrations(teacher: Any, env: AHMMemoryVectorEnv, steps: int, ga
         observations={k: np.concatenate(v) for k, v in observations.items()},
         actions=actions.reshape(-1, 5), masks=np.concatenate(masks), rewards=rewards.reshape(-1),
         dones=dones.reshape(-1), streams=streams.reshape(-1), returns=returns.reshape(-1),
-        episodes=len(accuracies), accuracy=float(np.mean(accuracies)) if accuracies else float("nan"))
+        episodes=len(accuracies), accuracy=float(np.mean(accuracies)) if accuracies else float("nan"),
+        driver="" if driver is None else str(getattr(driver, "name", type(driver).__name__)))
 
 
 def imitate(model: OnPolicyAlgorithm, demos: Demonstrations, epochs: int, batch_size: int, learning_rate: float,
@@ -777,8 +815,9 @@ def train_controller(config: ControllerTrainConfig, model: OnPolicyAlgorithm | N
     hyperparameters; the config's env, ``total_timesteps``, seed (for the env) and logging apply.
 
     With ``config.imitate`` a new model first copies that heuristic (:func:`collect_demonstrations` on
-    the training env, then :func:`imitate`; statistics in ``model.imitation_stats`` and TensorBoard's
-    ``imitation/``), then RL trains it for ``total_timesteps`` (0: imitation only).
+    the training env, then :func:`imitate`, then ``config.dagger_rounds`` rounds of DAgger; statistics in
+    ``model.imitation_stats`` and TensorBoard's ``imitation/``), then RL trains it for ``total_timesteps``
+    (0: imitation only).
 
     Logging (SB3's logger; TensorBoard if ``config.tensorboard_log``): ``rollout/`` and ``train/``
     from SB3, ``memory/``, ``reward/``, ``task/`` and ``eval/`` from :class:`MemoryLoggingCallback`;
@@ -809,10 +848,20 @@ def train_controller(config: ControllerTrainConfig, model: OnPolicyAlgorithm | N
         if config.imitate:
             from ahm.agents import make_controller
 
-            demos = collect_demonstrations(make_controller(config.imitate), vector_env, config.imitation_steps,
-                                           config.gamma, seed=config.seed + 20_000)
-            model.imitation_stats = imitate(model, demos, config.imitation_epochs, config.batch_size,
-                                            config.imitation_lr, seed=config.seed)
+            teacher = make_controller(config.imitate)
+            demos = collect_demonstrations(teacher, vector_env, config.imitation_steps, config.gamma,
+                                           seed=config.seed + 20_000)
+            stats = imitate(model, demos, config.imitation_epochs, config.batch_size, config.imitation_lr,
+                            seed=config.seed)
+            for r in range(1, config.dagger_rounds + 1):
+                own = collect_demonstrations(teacher, vector_env, config.imitation_steps, config.gamma,
+                                             seed=config.seed + 20_000 + r, driver=SB3Controller(model))
+                stats[f"dagger_{r}_policy_accuracy"] = own.accuracy  # the clone's own, before this round's fit
+                demos = Demonstrations.concatenate([demos, own])
+                stats = {**{k: v for k, v in stats.items() if k.startswith("dagger_")},
+                         **imitate(model, demos, config.imitation_epochs, config.batch_size, config.imitation_lr,
+                                   seed=config.seed)}  # the same seed: the same streams held out
+            model.imitation_stats = stats
             callbacks = [_RecordImitation(model.imitation_stats), *callbacks]
         reset = True  # learn() resets the env the demonstrations were collected on
     else:

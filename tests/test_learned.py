@@ -17,6 +17,7 @@ from ahm.agents import make_controller
 from ahm.agents.learned import (
     ALGORITHMS,
     ControllerTrainConfig,
+    Demonstrations,
     SB3Controller,
     TorchPolicyController,
     collect_demonstrations,
@@ -358,6 +359,41 @@ def test_imitation_makes_a_new_policy_act_like_its_teacher() -> None:
                                       steps=48, seed=99)  # other streams than the demonstrations
     assert (cloned == teacher).all(-1).mean() > 0.9
     assert (before == teacher).all(-1).mean() < 0.5  # the agreement is learnt, not the start
+
+
+def test_dagger_demonstrations_follow_the_driver_and_carry_the_teachers_labels() -> None:
+    # the driver (no memory) acts; the teacher (write_all) only labels: it would write every chunk, the memory
+    # stays empty, and the returns and accuracy are those of the driver's episodes
+    driven = collect_demonstrations(make_controller("write_all"), vector_env(), steps=64, gamma=0.9, seed=5,
+                                    driver=make_controller("none"))
+    own = collect_demonstrations(make_controller("none"), vector_env(), steps=64, gamma=0.9, seed=5)
+    assert (driven.actions[:, 0] > 0).all() and (own.actions == 0).all()
+    assert (driven.observations["wm_occupied"] == 0).all()
+    np.testing.assert_array_equal(driven.rewards, own.rewards)
+    np.testing.assert_array_equal(driven.streams, own.streams)
+    assert driven.accuracy == own.accuracy and driven.driver == "none" and own.driver == ""
+    written = collect_demonstrations(make_controller("write_all"), vector_env(), steps=64, gamma=0.9, seed=6)
+    assert (written.observations["wm_occupied"] > 0).any()  # the teacher acting: its writes are in memory
+    both = Demonstrations.concatenate([written, driven])
+    assert len(both) == 2 * 64 and both.episodes == written.episodes + driven.episodes and both.driver == "none"
+    np.testing.assert_array_equal(both.actions[64:], driven.actions)
+    np.testing.assert_array_equal(both.observations["wm_occupied"][:64], written.observations["wm_occupied"])
+    with pytest.raises(ValueError, match="different teachers"):
+        Demonstrations.concatenate([own, driven])  # 'none' and 'write_all' labelled them
+    with pytest.raises(ValueError, match="no demonstrations"):
+        Demonstrations.concatenate([])
+
+
+def test_dagger_rounds_run_on_the_clones_own_states() -> None:
+    config = small_config("ppo", total_timesteps=0, imitate="update", imitation_steps=512, imitation_epochs=2,
+                          batch_size=64, dagger_rounds=2)
+    stats = train_controller(config).imitation_stats
+    assert stats["demonstrations"] == 3 * 512  # the cloning's and two rounds' steps, aggregated
+    assert 0.0 <= stats["dagger_1_policy_accuracy"] <= 1.0 and 0.0 <= stats["dagger_2_policy_accuracy"] <= 1.0
+    with pytest.raises(ValueError, match="dagger_rounds needs imitate"):
+        small_config("ppo", dagger_rounds=1)
+    with pytest.raises(ValueError, match="dagger_rounds must be"):
+        small_config("ppo", imitate="update", dagger_rounds=-1)
 
 
 def test_imitation_is_logged_and_refused_where_it_cannot_apply(tmp_path) -> None:

@@ -56,8 +56,11 @@ def test_short_run_completes_with_checkpoints_tensorboard_and_table(tmp_path):
 
 def test_imitation_only_saves_the_cloned_policy_as_the_controller(tmp_path):
     cfg = TrainRLConfig(**{**SHORT, "rounds": 1, "lm_steps": 1, "rl_timesteps": 0}, out_dir=str(tmp_path),
-                        imitate="update", imitation_steps=64, imitation_epochs=1, features="slots", net_arch="16")
-    out = run_alternation(cfg, log=lambda s: None)
+                        imitate="update", imitation_steps=64, imitation_epochs=1, dagger_rounds=1, features="slots",
+                        net_arch="16")
+    lines: list[str] = []
+    out = run_alternation(cfg, log=lines.append)
+    assert any("DAgger round 1: the clone's own accuracy" in line for line in lines)
     controller = load_controller(tmp_path / "round_0" / "controller").model
     assert controller.num_timesteps == 0
     assert type(controller.policy.features_extractor).__name__ == "SlotFeaturesExtractor"
@@ -77,6 +80,7 @@ def test_imitation_only_saves_the_cloned_policy_as_the_controller(tmp_path):
     (["--net-arch", "64,x"], "--net-arch must be"),
     (["--features", "graph"], "--features must be"),
     (["--imitation-lr", "0"], "--imitation-lr > 0"),
+    (["--dagger-rounds", "1"], "needs --imitate"),
 ])
 def test_bad_config_stops_with_a_message(tmp_path, args, message):
     r = subprocess.run([sys.executable, str(REPO / "train_rl.py"), "--out-dir", str(tmp_path / "run"), *args],

@@ -99,6 +99,9 @@ class TrainRLConfig:
     """Passes of imitation over those steps (the epoch with the lowest loss on held-out streams is kept)."""
     imitation_lr: float = 3e-4
     """Learning rate of imitation (--rl-lr is RL's)."""
+    dagger_rounds: int = 0
+    """With --imitate: rounds of DAgger after the cloning (the clone plays --imitation-steps more steps, the
+    heuristic labels the states it reaches, imitation continues over all of them). 0: plain cloning."""
     num_envs: int = 16
     """Sub-environments of the controller phase's vector env."""
     n_steps: int = 64
@@ -156,6 +159,9 @@ class TrainRLConfig:
             raise ValueError(f"--imitate must be one of {tuple(HEURISTICS)} (or empty), got {self.imitate!r}")
         if self.imitate and ALGORITHMS[self.algo].recurrent:
             raise ValueError("--imitate is not available with --algo recurrent_ppo")
+        bad_dagger = not isinstance(self.dagger_rounds, int) or self.dagger_rounds < 0
+        if bad_dagger or (self.dagger_rounds and not self.imitate):
+            raise ValueError(f"--dagger-rounds must be an int >= 0 and needs --imitate, got {self.dagger_rounds!r}")
         try:
             widths = _widths(self.net_arch)
         except ValueError:
@@ -270,7 +276,8 @@ def run_alternation(cfg: TrainRLConfig, log: Callable[[str], None] = print) -> d
             gamma=cfg.gamma, gae_lambda=cfg.gae_lambda,
             seed=cfg.seed + r, tensorboard_log=str(out / "tb"), forget_prior=cfg.forget_prior,
             imitate=cfg.imitate if sb3_model is None else "", imitation_steps=cfg.imitation_steps,
-            imitation_epochs=cfg.imitation_epochs, imitation_lr=cfg.imitation_lr, env_kwargs=env_kwargs,
+            imitation_epochs=cfg.imitation_epochs, imitation_lr=cfg.imitation_lr, dagger_rounds=cfg.dagger_rounds,
+            env_kwargs=env_kwargs,
             features=cfg.features, policy_kwargs=_policy_kwargs(cfg))
         trained_on = {k: v for k, v in env_kwargs.items() if k not in ("backbone", "stream_seeds")}
         spec = {"env_id": cfg.env_id, "env_kwargs": {**trained_on, "backbone": str(round_dir / "backbone")}}
@@ -281,7 +288,9 @@ def run_alternation(cfg: TrainRLConfig, log: Callable[[str], None] = print) -> d
             st = sb3_model.imitation_stats
             log(f"round {r} imitation of {cfg.imitate!r}: {int(st['demonstrations'])} steps (teacher accuracy "
                 f"{st['teacher_accuracy']:.3f}), agreement on held-out streams "
-                f"{st.get('holdout_agreement', float('nan')):.3f} after {int(st['epochs'])} epochs")
+                f"{st.get('holdout_agreement', float('nan')):.3f} after {int(st['epochs'])} epochs"
+                + "".join(f"; DAgger round {d}: the clone's own accuracy {st[f'dagger_{d}_policy_accuracy']:.3f}"
+                          for d in range(1, cfg.dagger_rounds + 1)))
             save_controller(round_dir / IMITATION, sb3_model, spec)
         if rl_cfg.total_timesteps:
             sb3_model = train_controller(dataclasses.replace(rl_cfg, imitate=""), model=sb3_model, env=reuse_env)
