@@ -858,9 +858,10 @@ def train_controller(config: ControllerTrainConfig, model: OnPolicyAlgorithm | N
                                              seed=config.seed + 20_000 + r, driver=SB3Controller(model))
                 stats[f"dagger_{r}_policy_accuracy"] = own.accuracy  # the clone's own, before this round's fit
                 demos = Demonstrations.concatenate([demos, own])
-                stats = {**{k: v for k, v in stats.items() if k.startswith("dagger_")},
-                         **imitate(model, demos, config.imitation_epochs, config.batch_size, config.imitation_lr,
-                                   seed=config.seed)}  # the same seed: the same streams held out
+                kept = {k: v for k, v in stats.items() if k.startswith("dagger_") or k == "teacher_accuracy"}
+                stats = {**imitate(model, demos, config.imitation_epochs, config.batch_size, config.imitation_lr,
+                                   seed=config.seed),  # the same seed: the same streams held out
+                         **kept}  # the teacher's accuracy is its own (the aggregate's includes the clone's)
             model.imitation_stats = stats
             callbacks = [_RecordImitation(model.imitation_stats), *callbacks]
         reset = True  # learn() resets the env the demonstrations were collected on

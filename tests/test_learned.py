@@ -388,7 +388,9 @@ def test_dagger_rounds_run_on_the_clones_own_states() -> None:
     config = small_config("ppo", total_timesteps=0, imitate="update", imitation_steps=512, imitation_epochs=2,
                           batch_size=64, dagger_rounds=2)
     stats = train_controller(config).imitation_stats
-    assert stats["demonstrations"] == 3 * 512  # the cloning's and two rounds' steps, aggregated
+    plain = train_controller(dataclasses.replace(config, dagger_rounds=0)).imitation_stats
+    assert stats["demonstrations"] == 3 * 512 and plain["demonstrations"] == 512  # two rounds' steps aggregated
+    assert stats["teacher_accuracy"] == plain["teacher_accuracy"]  # the teacher's own, not the aggregate's
     assert 0.0 <= stats["dagger_1_policy_accuracy"] <= 1.0 and 0.0 <= stats["dagger_2_policy_accuracy"] <= 1.0
     with pytest.raises(ValueError, match="dagger_rounds needs imitate"):
         small_config("ppo", dagger_rounds=1)
