@@ -80,3 +80,13 @@ def test_text_backbone_predicts_held_out_bytes():
     with_memory, n = text_bits_per_byte(model, heldout, 8192, make_controller("write_all"), 8192)
     without, _ = text_bits_per_byte(model, heldout, 8192, None, 8192)
     assert n >= 8192 and with_memory < 3.6 and without < 4.0, (with_memory, without)
+
+
+def test_copy_oracle_answers_in_order_and_the_backbone_alone_does_not():
+    """The copy backbone at 4K tokens (7 data tokens in noise, reproduced in order): the oracle stores them and
+    reads at each marker; the read must pick the data token of the marker's rank, which no content tells (answering
+    the sequence's most frequent data token scores 0.304 on these streams). Measured 0.839 / 0.107 (seed 0)."""
+    oracle = evaluate("oracle", "AHMMemory-Copy-v0", seq_len=4096, episodes=8, num_envs=8, seed=0)
+    none = evaluate("none", "AHMMemory-Copy-v0", seq_len=4096, episodes=8, num_envs=8, seed=0)
+    assert oracle.accuracy >= 0.7, oracle.accuracy
+    assert none.accuracy <= 0.2, none.accuracy
