@@ -851,17 +851,18 @@ def train_controller(config: ControllerTrainConfig, model: OnPolicyAlgorithm | N
             teacher = make_controller(config.imitate)
             demos = collect_demonstrations(teacher, vector_env, config.imitation_steps, config.gamma,
                                            seed=config.seed + 20_000)
+            # the teacher's own accuracy (the aggregate's below also counts the clone's episodes)
+            extra = {"teacher_accuracy": demos.accuracy}
             stats = imitate(model, demos, config.imitation_epochs, config.batch_size, config.imitation_lr,
                             seed=config.seed)
             for r in range(1, config.dagger_rounds + 1):
                 own = collect_demonstrations(teacher, vector_env, config.imitation_steps, config.gamma,
                                              seed=config.seed + 20_000 + r, driver=SB3Controller(model))
-                stats[f"dagger_{r}_policy_accuracy"] = own.accuracy  # the clone's own, before this round's fit
+                extra[f"dagger_{r}_policy_accuracy"] = own.accuracy  # the clone's own, before this round's fit
                 demos = Demonstrations.concatenate([demos, own])
-                kept = {k: v for k, v in stats.items() if k.startswith("dagger_") or k == "teacher_accuracy"}
-                stats = {**imitate(model, demos, config.imitation_epochs, config.batch_size, config.imitation_lr,
-                                   seed=config.seed),  # the same seed: the same streams held out
-                         **kept}  # the teacher's accuracy is its own (the aggregate's includes the clone's)
+                stats = imitate(model, demos, config.imitation_epochs, config.batch_size, config.imitation_lr,
+                                seed=config.seed)  # the same seed: the same streams held out
+            stats.update(extra)
             model.imitation_stats = stats
             callbacks = [_RecordImitation(model.imitation_stats), *callbacks]
         reset = True  # learn() resets the env the demonstrations were collected on
