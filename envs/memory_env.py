@@ -39,7 +39,6 @@ chunk t + 1, so the backbone runs once per step (much slower).
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
@@ -52,8 +51,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from gymnasium import spaces
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import Tensor
 
 from ahm.backbone import (
@@ -69,8 +66,23 @@ from ahm.backbone import (
     MemoryOps,
     MemoryReadout,
 )
-from ahm.backbone.checkpoint import atomic_save_tensors, atomic_write_bytes, state_dict_for_saving
+from ahm.backbone.checkpoint import (  # noqa: F401  (checkpoint I/O re-exported from its old home)
+    AHM_META,
+    AHM_WEIGHTS,
+    load_ahm_checkpoint,
+    load_ahm_config,
+    save_ahm_checkpoint,
+)
 from ahm.backbone.mamba import LayerState, MambaState
+from ahm.envs.spaces import (  # noqa: F401  (re-exported: the spaces' names, from their one home)
+    ACTION_COMPONENTS,
+    OBSERVATION_KEYS,
+    ActionLayout,
+    MemoryOpsSpace,
+    action_nvec,
+    observation_arrays,
+    observation_space,
+)
 from ahm.envs.streams import FACT_KINDS, TaskStream, make_task
 from ahm.rewards import RewardFunction, RewardTerm, RewardWeights, StepContext
 
@@ -82,19 +94,6 @@ __all__ = [
     "DEFAULT_BACKBONE", "action_nvec", "random_backbone", "save_ahm_checkpoint", "load_ahm_checkpoint",
     "load_ahm_config", "observation_arrays",
 ]
-
-ACTION_COMPONENTS = ("write_slot", "evict_to_ltm", "retrieve", "forget_slot", "ltm_forget")
-"""The five components of an action, in order (the :class:`~ahm.backbone.MemoryOps` fields)."""
-
-def action_nvec(wm_slots: int) -> np.ndarray:
-    """The number of values of each action component for K = ``wm_slots`` (the env's ``MultiDiscrete`` nvec):
-    ``[K + 1, 2, 4, K + 1, 4]``; a flat action mask has their sum, 2 K + 12, entries (see the env's docstring)."""
-    return np.array([wm_slots + 1, 2, 4, wm_slots + 1, 4], dtype=np.int64)
-
-
-OBSERVATION_KEYS = ("ssm_features", "wm_occupied", "wm_age", "wm_uses", "wm_similarity", "wm_key_similarity",
-                    "ltm_fill", "ltm_topk_similarity", "ltm_key_similarity", "progress")
-"""The keys of an observation, in the order of the Dict space."""
 
 OP_COUNTERS = ("writes", "moves_to_ltm", "drops", "retrievals_wm", "retrievals_ltm", "forgets_wm", "forgets_ltm")
 """Per-episode operation counts in ``info["memory"]``: a drop is a displaced WM entry that was not moved to LTM."""
@@ -117,10 +116,6 @@ DEFAULT_BACKBONE = BackboneShape()
 (d_model 32, 2 layers, d_state 8, keys of 16, values of 32: F = 48 state features). Its answers are at chance
 level; it exists so the environment, its rewards and the controllers run end to end."""
 
-_FORMAT, _VERSION = "ahm-model", 1
-_WEIGHTS, _META = "model.safetensors", "ahm_model.json"
-
-
 # ====================================================================== backbones
 def random_backbone(vocab_size: int, ltm_codec: str = "int8", integration: str = "readout",
                     shape: BackboneShape = DEFAULT_BACKBONE) -> AHMModel:
@@ -141,60 +136,6 @@ def random_backbone(vocab_size: int, ltm_codec: str = "int8", integration: str =
     return model.eval().requires_grad_(False)
 
 
-def save_ahm_checkpoint(directory: str | Path, model: AHMModel, extra: dict[str, Any] | None = None) -> None:
-    """Save an :class:`AHMModel` (weights, codec parameters and config) as safetensors + JSON, atomically."""
-    directory = Path(directory)
-    atomic_save_tensors(directory / _WEIGHTS, state_dict_for_saving(model))
-    meta = {"format": _FORMAT, "version": _VERSION, "config": model.config.to_dict(), "extra": extra or {}}
-    atomic_write_bytes(directory / _META, json.dumps(meta, indent=1).encode())
-
-
-def load_ahm_config(directory: str | Path) -> AHMConfig:
-    """The :class:`AHMConfig` of a checkpoint saved by :func:`save_ahm_checkpoint` (reads its JSON only).
-
-    Raises:
-        FileNotFoundError: the JSON is missing. ValueError: it is corrupted.
-    """
-    return _read_meta(Path(directory))[0]
-
-
-def _read_meta(directory: Path) -> tuple[AHMConfig, dict[str, Any]]:
-    where = repr(str(directory))
-    if not (directory / _META).is_file():
-        raise FileNotFoundError(f"AHM checkpoint {where} has no {_META} (save one with save_ahm_checkpoint)")
-    try:
-        meta = json.loads((directory / _META).read_text())
-        if meta.get("format") != _FORMAT or meta.get("version") != _VERSION:
-            raise ValueError(f"format {meta.get('format')!r} version {meta.get('version')!r}")
-        return AHMConfig.from_dict(meta["config"]), meta
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"AHM checkpoint {where}: {_META} is not a saved AHMModel ({err})") from err
-
-
-def load_ahm_checkpoint(directory: str | Path, map_location: str = "cpu") -> tuple[AHMModel, dict[str, Any]]:
-    """Load an :class:`AHMModel` saved by :func:`save_ahm_checkpoint` (never executes code); returns it and ``extra``.
-
-    Raises:
-        FileNotFoundError: a file is missing. ValueError: a file is corrupted or does not match its config.
-    """
-    directory = Path(directory)
-    where = repr(str(directory))
-    config, meta = _read_meta(directory)
-    if not (directory / _WEIGHTS).is_file():
-        raise FileNotFoundError(f"AHM checkpoint {where} has no {_WEIGHTS} (save one with save_ahm_checkpoint)")
-    try:
-        weights = load_file(str(directory / _WEIGHTS), device=map_location)
-    except (SafetensorError, OSError, RuntimeError) as err:
-        raise ValueError(f"AHM checkpoint {where}: {_WEIGHTS} is corrupted ({err})") from err
-    model = AHMModel(config)
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    missing = [m for m in missing if not (config.backbone.tie_embeddings and m == "lm_head.weight")]
-    if missing or unexpected:
-        raise ValueError(f"AHM checkpoint {where} does not match its config: missing {missing}, "
-                         f"unexpected {unexpected}")
-    return model.to(map_location).eval().requires_grad_(False), meta.get("extra", {})
-
-
 SHIPPED_BACKBONES = Path(__file__).parent / "checkpoints"
 """Task-trained default backbones shipped with the package, one folder per task family (``<task>/``, or the
 shared folder :data:`SHIPPED_FOLDER` names), each made by the ``train_lm.py`` command in its ``ahm_model.json``
@@ -208,7 +149,7 @@ layout and one fact format up to the decoy's kind marker, and one model is train
 def shipped_backbone_path(task: str) -> Path | None:
     """The folder of the task-trained default backbone for ``task``, or None if the package ships none."""
     path = SHIPPED_BACKBONES / SHIPPED_FOLDER.get(task, task)
-    return path if (path / _META).is_file() and (path / _WEIGHTS).is_file() else None
+    return path if (path / AHM_META).is_file() and (path / AHM_WEIGHTS).is_file() else None
 
 
 def resolve_backbone(backbone: AHMModel | str | Path | None, vocab_size: int, ltm_codec: str | None,
@@ -266,27 +207,6 @@ def _keep_torch_threads() -> Iterator[None]:
     finally:
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
-
-
-class MemoryOpsSpace(spaces.MultiDiscrete):
-    """The action space: a ``MultiDiscrete`` of memory operations whose unmasked :meth:`sample` is always valid.
-
-    Some operations are valid only in some states (retrieving from an empty level,
-    forgetting an empty slot or from an empty LTM raise). Without a mask, ``sample()``
-    therefore draws only operations that are valid in every state: a random
-    ``write_slot`` and ``evict_to_ltm``, and 0 (none) for ``retrieve``,
-    ``forget_slot`` and ``ltm_forget``. Generic tools that step with
-    ``action_space.sample()`` (Gymnasium's and Stable-Baselines3's env checkers,
-    random rollouts) then never send an invalid action. To sample uniformly among
-    the operations valid now, pass the env's mask: ``sample(mask=env.action_mask_tuple())``.
-    ``contains`` accepts every value of the ``MultiDiscrete``.
-    """
-
-    def sample(self, mask: Any = None, probability: Any = None) -> np.ndarray:
-        x = super().sample(mask=mask, probability=probability)
-        if mask is None and probability is None:
-            x[..., 2:] = 0  # retrieve, forget_slot, ltm_forget: none
-        return x
 
 
 # ====================================================================== configuration
@@ -929,26 +849,6 @@ class EpisodeBatch:
             "answered": int(self._answered[row]), "correct": int(self._correct[row]),
             "targets": int(self._n_targets[row]),
         }
-
-
-def observation_arrays(obs: MemoryObservation, chunk: np.ndarray, n_chunks: int) -> dict[str, np.ndarray]:
-    """The env's Dict observation from a :class:`~ahm.backbone.MemoryObservation` of b sequences at chunk ``chunk``
-    (b,) of ``n_chunks``: every value squashed or clipped into its Box (see :class:`AHMMemoryEnv`). Also what a
-    controller sees outside the env (``ahm.training`` drives controllers on text streams with it)."""
-    n = np.float32(n_chunks)
-    uses = obs.wm_uses.cpu().numpy()
-    return {
-        "ssm_features": np.tanh(obs.ssm_features.cpu().numpy()),
-        "wm_occupied": obs.wm_occupied.cpu().numpy(),
-        "wm_age": np.minimum(obs.wm_age.cpu().numpy() / n, np.float32(1.0)),
-        "wm_uses": uses / (np.float32(1.0) + uses),
-        "wm_similarity": np.clip(obs.wm_similarity.cpu().numpy(), -1.0, 1.0),
-        "wm_key_similarity": np.clip(obs.wm_key_similarity.cpu().numpy(), -1.0, 1.0),
-        "ltm_fill": np.clip(obs.ltm_fill.cpu().numpy()[:, None], 0.0, 1.0),
-        "ltm_topk_similarity": np.clip(obs.ltm_topk_similarity.cpu().numpy(), -1.0, 1.0),
-        "ltm_key_similarity": np.clip(obs.ltm_key_similarity.cpu().numpy()[:, None], -1.0, 1.0),
-        "progress": np.minimum((np.asarray(chunk) + 1) / n, 1.0).astype(np.float32)[:, None],
-    }
 
 
 def _zero_rows(state: MambaState, which: Tensor) -> MambaState:

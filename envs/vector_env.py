@@ -37,6 +37,7 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices,
 from ahm.backbone import AHMModel
 from ahm.envs.memory_env import AHMMemoryConfig, EpisodeBatch, MemoryOpsSpace
 from ahm.envs.render import render_ansi, render_rgb
+from ahm.envs.spaces import ActionLayout
 from ahm.rewards import RewardTerm, RewardWeights
 
 __all__ = ["AHMMemoryVectorEnv", "SB3VecEnvAdapter", "VectorStep", "noop_invalid_actions"]
@@ -46,20 +47,9 @@ INVALID_ACTION_MODES = ("raise", "noop")
 
 
 def noop_invalid_actions(actions: Any, masks: np.ndarray, nvec: np.ndarray) -> np.ndarray:
-    """(n, 5) int64 actions with every in-range component value that ``masks`` marks invalid replaced by 0.
-
-    0 is every component's no-op (no write, drop, no retrieve, no forget, no LTM forget)
-    and is valid in every state. Values outside ``[0, nvec)`` are left as they are, so
-    the env still raises on malformed actions. ``masks`` is (n, sum(nvec)) bool, the
-    per-component masks concatenated (the env's ``action_masks()``).
-    """
-    nvec = np.asarray(nvec, dtype=np.int64)
-    masks = np.asarray(masks, dtype=bool)
-    a = np.asarray(actions, dtype=np.int64).reshape(masks.shape[0], len(nvec))
-    in_range = (a >= 0) & (a < nvec)
-    offsets = np.concatenate(([0], np.cumsum(nvec)[:-1]))
-    valid = np.take_along_axis(masks, offsets + np.where(in_range, a, 0), axis=1)
-    return np.where(in_range & ~valid, 0, a)
+    """(n, 5) int64 actions with every in-range component value that ``masks`` marks invalid replaced by 0
+    (:meth:`ahm.envs.spaces.ActionLayout.noop_invalid` for the layout of ``nvec``)."""
+    return ActionLayout.from_nvec(nvec).noop_invalid(actions, masks)
 
 
 def _masked(tree: dict[str, Any], mask: np.ndarray) -> dict[str, Any]:

@@ -1,0 +1,234 @@
+"""The environments' spaces: one home for the action layout and the observation format.
+
+Every module that turns integer actions into memory operations, splits a flat
+action mask, or builds an observation imports this one (the env, the native vector
+env, the heuristics, the learned controllers and their policies, the supervised
+phase), so the layout cannot drift between them.
+
+**Actions.** One action is five integers, :data:`ACTION_COMPONENTS` in order, with
+``nvec = [K + 1, 2, 4, K + 1, 4]`` values (K working-memory slots). Value 0 of every
+component is its no-op. A flat action mask is the five per-component masks
+concatenated: ``2 K + 12`` booleans, component j at ``offsets[j] : offsets[j] + nvec[j]``.
+
+=========  ==============  ==========================================================
+component  values          :class:`~ahm.backbone.memory_ops.MemoryOps` field
+=========  ==============  ==========================================================
+0          K + 1           ``write_slot = a[0] - 1`` (0: no write, i: slot i - 1)
+1          2               ``evict_to_ltm = a[1]``
+2          4               ``retrieve = a[2]`` (none, WM, LTM, both)
+3          K + 1           ``forget_slot = a[3] - 1`` (0: none, i: slot i - 1)
+4          4               ``ltm_forget = a[4]`` (none, oldest, least used, nearest)
+=========  ==============  ==========================================================
+
+**Observations.** A Dict of float32 Boxes, :data:`OBSERVATION_KEYS` in order
+(:func:`observation_space`), computed from a
+:class:`~ahm.backbone.memory_ops.MemoryObservation` by :func:`observation_arrays`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from torch import Tensor
+
+from ahm.backbone.memory_ops import MemoryObservation, MemoryOps, OpMasks
+
+__all__ = ["ACTION_COMPONENTS", "OBSERVATION_KEYS", "ActionLayout", "MemoryOpsSpace", "action_nvec",
+           "observation_space", "observation_arrays"]
+
+ACTION_COMPONENTS = ("write_slot", "evict_to_ltm", "retrieve", "forget_slot", "ltm_forget")
+"""The five components of an action, in order (the :class:`~ahm.backbone.MemoryOps` fields)."""
+
+OBSERVATION_KEYS = ("ssm_features", "wm_occupied", "wm_age", "wm_uses", "wm_similarity", "wm_key_similarity",
+                    "ltm_fill", "ltm_topk_similarity", "ltm_key_similarity", "progress")
+"""The keys of an observation, in the order of the Dict space."""
+
+_FIXED_VALUES = 2 + 4 + 4
+"""Values of the three components whose size does not depend on K (evict_to_ltm, retrieve, ltm_forget)."""
+
+
+@dataclass(frozen=True)
+class ActionLayout:
+    """The action layout for K = ``wm_slots`` working-memory slots (module docstring).
+
+    >>> layout = ActionLayout(2)
+    >>> layout.nvec.tolist(), layout.offsets.tolist(), layout.mask_width
+    ([3, 2, 4, 3, 4], [0, 3, 5, 9, 12], 16)
+    >>> ActionLayout.from_mask_width(16) == layout
+    True
+    """
+
+    wm_slots: int
+
+    def __post_init__(self) -> None:
+        if isinstance(self.wm_slots, bool) or not isinstance(self.wm_slots, (int, np.integer)) or self.wm_slots < 1:
+            raise ValueError(f"wm_slots must be a positive int, got {self.wm_slots!r}")
+        object.__setattr__(self, "wm_slots", int(self.wm_slots))
+
+    # ---------------------------------------------------------------- construction
+    @classmethod
+    def from_nvec(cls, nvec: Sequence[int] | np.ndarray) -> ActionLayout:
+        """The layout whose ``nvec`` is ``nvec`` (a ValueError if it is not one of ours)."""
+        nvec = np.asarray(nvec, dtype=np.int64).reshape(-1)
+        if len(nvec) != len(ACTION_COMPONENTS) or nvec[0] < 2:
+            raise ValueError(f"an action nvec has {len(ACTION_COMPONENTS)} entries [K + 1, 2, 4, K + 1, 4]; "
+                             f"got {nvec.tolist()}")
+        layout = cls(int(nvec[0]) - 1)
+        if not np.array_equal(layout.nvec, nvec):
+            raise ValueError(f"nvec {nvec.tolist()} is not an AHM action layout; expected {layout.nvec.tolist()}")
+        return layout
+
+    @classmethod
+    def from_mask_width(cls, width: int) -> ActionLayout:
+        """The layout whose flat action mask has ``width`` = 2 K + 12 entries."""
+        k, odd = divmod(int(width) - _FIXED_VALUES - 2, 2)
+        if odd or k < 1:
+            raise ValueError(f"an action mask has 2 K + 12 entries (K >= 1 working-memory slots); got {width}")
+        return cls(k)
+
+    @classmethod
+    def of_observation(cls, observation: dict[str, Any]) -> ActionLayout:
+        """The layout of a batched observation (its ``wm_occupied`` is (b, K))."""
+        return cls(int(np.shape(observation["wm_occupied"])[-1]))
+
+    # ---------------------------------------------------------------- sizes
+    @property
+    def nvec(self) -> np.ndarray:
+        """(5,) int64: ``[K + 1, 2, 4, K + 1, 4]``, the ``MultiDiscrete`` nvec."""
+        k = self.wm_slots
+        return np.array([k + 1, 2, 4, k + 1, 4], dtype=np.int64)
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """(5,) int64: where each component's values start in a flat mask."""
+        return np.concatenate(([0], np.cumsum(self.nvec)[:-1])).astype(np.int64)
+
+    @property
+    def mask_width(self) -> int:
+        """Entries of a flat action mask: ``2 K + 12``."""
+        return 2 * self.wm_slots + 2 + _FIXED_VALUES
+
+    # ---------------------------------------------------------------- masks
+    def split_mask(self, mask: np.ndarray | Tensor) -> list:
+        """A flat mask (..., 2 K + 12) as the five per-component masks (..., nvec[j]), numpy or torch alike."""
+        if mask.shape[-1] != self.mask_width:
+            raise ValueError(f"an action mask for K = {self.wm_slots} has {self.mask_width} entries per env, got "
+                             f"shape {tuple(mask.shape)}; pass env.action_masks()")
+        if isinstance(mask, Tensor):
+            return list(torch.split(mask, self.nvec.tolist(), dim=-1))
+        return np.split(mask, self.offsets[1:], axis=-1)
+
+    def join_masks(self, parts: Sequence[np.ndarray] | OpMasks) -> np.ndarray | Tensor:
+        """The flat mask (..., 2 K + 12) of five per-component masks (an :class:`OpMasks` included)."""
+        parts = list(parts)
+        if [p.shape[-1] for p in parts] != self.nvec.tolist():
+            raise ValueError(f"per-component masks must have {self.nvec.tolist()} values; got "
+                             f"{[p.shape[-1] for p in parts]}")
+        if isinstance(parts[0], Tensor):
+            return torch.cat(parts, dim=-1)
+        return np.concatenate(parts, axis=-1)
+
+    def valid(self, actions: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        """(b, 5) bool: which components of in-range ``actions`` (b, 5) the flat ``masks`` (b, 2 K + 12) allow;
+        out-of-range values are reported invalid."""
+        a = np.asarray(actions, dtype=np.int64)
+        in_range = (a >= 0) & (a < self.nvec)
+        allowed = np.take_along_axis(np.asarray(masks, dtype=bool), self.offsets + np.where(in_range, a, 0), axis=1)
+        return in_range & allowed
+
+    def noop_invalid(self, actions: Any, masks: np.ndarray) -> np.ndarray:
+        """(b, 5) int64 ``actions`` with every in-range value that ``masks`` marks invalid replaced by 0.
+
+        0 is every component's no-op (no write, drop, no retrieve, no forget, no LTM forget)
+        and is valid in every state. Values outside ``[0, nvec)`` are left as they are, so
+        the env still raises on malformed actions.
+        """
+        masks = np.asarray(masks, dtype=bool)
+        a = np.asarray(actions, dtype=np.int64).reshape(masks.shape[0], len(ACTION_COMPONENTS))
+        in_range = (a >= 0) & (a < self.nvec)
+        return np.where(in_range & ~self.valid(a, masks), 0, a)
+
+    # ---------------------------------------------------------------- actions <-> MemoryOps
+    @staticmethod
+    def to_ops(actions: np.ndarray | Tensor, device: torch.device | str | None = None) -> MemoryOps:
+        """The :class:`MemoryOps` of (b, 5) integer actions (slot components shift by one: 0 means none)."""
+        a = torch.as_tensor(np.asarray(actions) if not isinstance(actions, Tensor) else actions,
+                            dtype=torch.int64, device=device)
+        return MemoryOps(a[:, 0] - 1, a[:, 1], a[:, 2], a[:, 3] - 1, a[:, 4])
+
+    @staticmethod
+    def from_ops(ops: MemoryOps) -> np.ndarray:
+        """(b, 5) int64 actions of :class:`MemoryOps` (the inverse of :meth:`to_ops`)."""
+        shift = np.array([1, 0, 0, 1, 0], dtype=np.int64)
+        return np.stack([t.detach().cpu().numpy().astype(np.int64) for t in ops], axis=1) + shift
+
+
+def action_nvec(wm_slots: int) -> np.ndarray:
+    """The number of values of each action component for K = ``wm_slots``: ``ActionLayout(wm_slots).nvec``."""
+    return ActionLayout(wm_slots).nvec
+
+
+class MemoryOpsSpace(spaces.MultiDiscrete):
+    """The action space: a ``MultiDiscrete`` of memory operations whose unmasked :meth:`sample` is always valid.
+
+    Some operations are valid only in some states (retrieving from an empty level,
+    forgetting an empty slot or from an empty LTM raise). Without a mask, ``sample()``
+    therefore draws only operations that are valid in every state: a random
+    ``write_slot`` and ``evict_to_ltm``, and 0 (none) for ``retrieve``,
+    ``forget_slot`` and ``ltm_forget``. Generic tools that step with
+    ``action_space.sample()`` (Gymnasium's and Stable-Baselines3's env checkers,
+    random rollouts) then never send an invalid action. To sample uniformly among
+    the operations valid now, pass the env's mask: ``sample(mask=env.action_mask_tuple())``.
+    ``contains`` accepts every value of the ``MultiDiscrete``.
+    """
+
+    def sample(self, mask: Any = None, probability: Any = None) -> np.ndarray:
+        x = super().sample(mask=mask, probability=probability)
+        if mask is None and probability is None:
+            x[..., 2:] = 0  # retrieve, forget_slot, ltm_forget: none
+        return x
+
+
+def observation_space(feature_dim: int, wm_slots: int, obs_topk: int) -> spaces.Dict:
+    """The Dict observation space: F = ``feature_dim`` state features, K = ``wm_slots``, ``obs_topk`` LTM scores.
+
+    Every value lies in its Box (:func:`observation_arrays` squashes or clips it there).
+    """
+    k = wm_slots
+    return spaces.Dict({
+        "ssm_features": spaces.Box(-1.0, 1.0, (feature_dim,), np.float32),
+        "wm_occupied": spaces.Box(0.0, 1.0, (k,), np.float32),
+        "wm_age": spaces.Box(0.0, 1.0, (k,), np.float32),
+        "wm_uses": spaces.Box(0.0, 1.0, (k,), np.float32),
+        "wm_similarity": spaces.Box(-1.0, 1.0, (k,), np.float32),
+        "wm_key_similarity": spaces.Box(-1.0, 1.0, (k,), np.float32),
+        "ltm_fill": spaces.Box(0.0, 1.0, (1,), np.float32),
+        "ltm_topk_similarity": spaces.Box(-1.0, 1.0, (obs_topk,), np.float32),
+        "ltm_key_similarity": spaces.Box(-1.0, 1.0, (1,), np.float32),
+        "progress": spaces.Box(0.0, 1.0, (1,), np.float32),
+    })
+
+
+def observation_arrays(obs: MemoryObservation, chunk: np.ndarray, n_chunks: int) -> dict[str, np.ndarray]:
+    """The env's Dict observation from a :class:`~ahm.backbone.MemoryObservation` of b sequences at chunk ``chunk``
+    (b,) of ``n_chunks``: every value squashed or clipped into its Box (see :class:`AHMMemoryEnv`). Also what a
+    controller sees outside the env (``ahm.training`` drives controllers on text streams with it)."""
+    n = np.float32(n_chunks)
+    uses = obs.wm_uses.cpu().numpy()
+    return {
+        "ssm_features": np.tanh(obs.ssm_features.cpu().numpy()),
+        "wm_occupied": obs.wm_occupied.cpu().numpy(),
+        "wm_age": np.minimum(obs.wm_age.cpu().numpy() / n, np.float32(1.0)),
+        "wm_uses": uses / (np.float32(1.0) + uses),
+        "wm_similarity": np.clip(obs.wm_similarity.cpu().numpy(), -1.0, 1.0),
+        "wm_key_similarity": np.clip(obs.wm_key_similarity.cpu().numpy(), -1.0, 1.0),
+        "ltm_fill": np.clip(obs.ltm_fill.cpu().numpy()[:, None], 0.0, 1.0),
+        "ltm_topk_similarity": np.clip(obs.ltm_topk_similarity.cpu().numpy(), -1.0, 1.0),
+        "ltm_key_similarity": np.clip(obs.ltm_key_similarity.cpu().numpy()[:, None], -1.0, 1.0),
+        "progress": np.minimum((np.asarray(chunk) + 1) / n, 1.0).astype(np.float32)[:, None],
+    }
