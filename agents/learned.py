@@ -57,9 +57,10 @@ from stable_baselines3.common.vec_env import VecMonitor
 from torch import Tensor, nn
 
 from ahm.agents.policies import FEATURE_EXTRACTORS, slot_policy_kwargs, wire_slot_scores
+from ahm.agents.sb3_adapter import SB3VecEnvAdapter
 from ahm.backbone.checkpoint import atomic_write_bytes
 from ahm.envs.memory_env import action_nvec
-from ahm.envs.vector_env import AHMMemoryVectorEnv, SB3VecEnvAdapter, noop_invalid_actions
+from ahm.envs.vector_env import AHMMemoryVectorEnv, noop_invalid_actions
 
 __all__ = [
     "ALGORITHMS", "SB3Controller", "TorchPolicyController", "ControllerTrainConfig", "MemoryLoggingCallback",

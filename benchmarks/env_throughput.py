@@ -60,7 +60,7 @@ def bench(seq_len: int, steps: int, num_envs: int, kind: str) -> dict[str, float
     import gymnasium
 
     import ahm  # noqa: F401 - registers the ids
-    from ahm.envs import SB3VecEnvAdapter
+    from ahm.agents.sb3_adapter import SB3VecEnvAdapter
 
     pool = list(range(1000, 1000 + num_envs))
     options = {"stream_seeds": pool} if kind != "single" else {"stream_seed": pool[0]}

@@ -8,7 +8,8 @@ Gymnasium.
 
 * :mod:`ahm.envs.streams` - ``TaskStream``, ``Fact``, ``Query``, ``TASKS`` (the task families).
 * :mod:`ahm.envs.memory_env` - ``AHMMemoryEnv`` (one step = one chunk) and ``EpisodeBatch``.
-* :mod:`ahm.envs.vector_env` - ``AHMMemoryVectorEnv`` (native, batched) and ``SB3VecEnvAdapter``.
+* :mod:`ahm.envs.vector_env` - ``AHMMemoryVectorEnv`` (native, batched; Stable-Baselines3's adapter is
+  :mod:`ahm.agents.sb3_adapter`).
 * :mod:`ahm.envs.registry` - ``ENV_SPECS``, the one dict behind registration, tests and docs.
 
 Importing this package registers the ids (:func:`register_envs`) but loads torch,
@@ -33,8 +34,11 @@ _LAZY = {
     "action_nvec": "ahm.envs.memory_env",
     "random_backbone": "ahm.envs.memory_env", "save_ahm_checkpoint": "ahm.envs.memory_env",
     "load_ahm_checkpoint": "ahm.envs.memory_env",
-    "AHMMemoryVectorEnv": "ahm.envs.vector_env", "SB3VecEnvAdapter": "ahm.envs.vector_env",
+    "AHMMemoryVectorEnv": "ahm.envs.vector_env",
 }
+
+_MOVED = {"SB3VecEnvAdapter": "ahm.agents.sb3_adapter"}
+"""Names that moved up a layer (``ahm.envs`` never imports Stable-Baselines3); still reachable here, with a warning."""
 
 __all__ = ["ENV_SPECS", "env_list_markdown", "register_envs", *_LAZY]
 
@@ -44,6 +48,12 @@ def __getattr__(name: str) -> Any:  # PEP 562: heavy modules load on first use
         value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value
         return value
+    if name in _MOVED:
+        import warnings
+
+        warnings.warn(f"ahm.envs.{name} moved to {_MOVED[name]}.{name}; import it from there", DeprecationWarning,
+                      stacklevel=2)
+        return getattr(importlib.import_module(_MOVED[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

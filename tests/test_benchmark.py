@@ -284,7 +284,7 @@ def test_benchmark_loads_learned_checkpoints_by_path(tmp_path):
     learned = pytest.importorskip("ahm.agents.learned")
     from sb3_contrib import MaskablePPO
 
-    from ahm.envs import SB3VecEnvAdapter
+    from ahm.agents.sb3_adapter import SB3VecEnvAdapter
 
     env = SB3VecEnvAdapter(make_eval_env("AHMMemory-v0", num_envs=1, stream_seeds=(0,), **TINY))
     model = MaskablePPO("MultiInputPolicy", env, n_steps=16, batch_size=16, seed=0, device="cpu")

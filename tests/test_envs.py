@@ -20,12 +20,12 @@ from gymnasium.vector import AutoresetMode, SyncVectorEnv
 import ahm
 import ahm.envs.memory_env
 import ahm.envs.vector_env
+from ahm.agents.sb3_adapter import SB3VecEnvAdapter
 from ahm.backbone import MemoryOps
 from ahm.envs import (
     ENV_SPECS,
     AHMMemoryEnv,
     AHMMemoryVectorEnv,
-    SB3VecEnvAdapter,
     env_list_markdown,
     load_ahm_checkpoint,
     random_backbone,

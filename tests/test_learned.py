@@ -26,7 +26,8 @@ from ahm.agents.learned import (
     save_controller,
     train_controller,
 )
-from ahm.envs import AHMMemoryVectorEnv, SB3VecEnvAdapter, random_backbone, save_ahm_checkpoint
+from ahm.agents.sb3_adapter import SB3VecEnvAdapter
+from ahm.envs import AHMMemoryVectorEnv, random_backbone, save_ahm_checkpoint
 from ahm.envs.vector_env import noop_invalid_actions
 
 torch.set_num_threads(1)
