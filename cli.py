@@ -4,6 +4,11 @@ Each field becomes ``--field-name``; its type converts the value; the string
 literal written under the field in the class body (its attribute docstring) is
 the ``--help`` text, so the documentation lives in one place.
 
+Field types: ``int``, ``float``, ``str``, ``bool`` (``--flag`` / ``--no-flag``),
+``X | None`` (the value ``None``), and sequences ``tuple[X, ...]`` of the scalar
+types, written comma-separated (``--lengths 4K,16K``; an empty string is the empty
+tuple). An ``int`` may carry a binary suffix: ``4K`` = 4096, ``1M`` = 1048576.
+
 Example::
 
     >>> from dataclasses import dataclass
@@ -14,6 +19,12 @@ Example::
     ...     fast: bool = False
     >>> parse_config(Demo, ["--steps", "3", "--fast"])
     Demo(steps=3, fast=True)
+    >>> @dataclass
+    ... class Grid:
+    ...     lengths: tuple[int, ...] = (1024,)
+    ...     names: tuple[str, ...] = ()
+    >>> parse_config(Grid, ["--lengths", "4K,16K", "--names", "a, b"])
+    Grid(lengths=(4096, 16384), names=('a', 'b'))
 """
 
 from __future__ import annotations
@@ -30,7 +41,24 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["field_docs", "parse_config"]
+__all__ = ["field_docs", "parse_config", "parse_int"]
+
+_BINARY_SUFFIXES = {"K": 2**10, "M": 2**20, "G": 2**30}
+"""Suffixes an int may carry on the command line (token counts are powers of two in this field: 4K = 4096)."""
+
+
+def parse_int(text: str) -> int:
+    """An int, with an optional binary suffix: ``"4096"``, ``"4K"`` (4096), ``"1M"`` (1048576)."""
+    s = text.strip()
+    scale = _BINARY_SUFFIXES.get(s[-1:].upper(), 1)
+    digits = s[:-1] if scale > 1 else s
+    try:
+        return int(digits) * scale
+    except ValueError as err:
+        raise ValueError(f"not an int (an optional K, M or G suffix allowed): {text!r}") from err
+
+
+parse_int.__name__ = "int"  # argparse names the type in its errors
 
 
 def field_docs(cls: type) -> dict[str, str]:
@@ -56,16 +84,23 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def _scalar_type(annotation: Any) -> type:
-    """The concrete type of a field annotation (``int | None`` -> int)."""
+def _field_type(annotation: Any) -> tuple[type, bool]:
+    """The concrete element type of a field annotation and whether it is a sequence:
+    ``int | None`` -> (int, False), ``tuple[str, ...]`` -> (str, True)."""
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         if len(args) == 1:
-            return _scalar_type(args[0])
+            return _field_type(args[0])
         raise TypeError(f"unsupported config field type {annotation!r}")
+    if origin is tuple:
+        args = typing.get_args(annotation)
+        if len(args) == 2 and args[1] is Ellipsis and args[0] in (int, float, str):
+            return args[0], True
+        raise TypeError(f"unsupported config field type {annotation!r}: sequences are tuple[X, ...] of int, float "
+                        "or str")
     if annotation in (int, float, str, bool):
-        return annotation
+        return annotation, False
     raise TypeError(f"unsupported config field type {annotation!r}")
 
 
@@ -73,13 +108,17 @@ def _optional(annotation: Any) -> bool:
     return type(None) in typing.get_args(annotation)
 
 
-def _converter(kind: type, optional: bool):
+def _converter(kind: type, optional: bool, sequence: bool):
+    scalar = parse_int if kind is int else kind
+
     def convert(text: str):
         if optional and text.lower() == "none":
             return None
-        return kind(text)
+        if sequence:
+            return tuple(scalar(part.strip()) for part in text.split(",") if part.strip())
+        return scalar(text)
 
-    convert.__name__ = kind.__name__  # argparse names the type in its errors
+    convert.__name__ = f"comma-separated {kind.__name__}s" if sequence else kind.__name__  # argparse names it in errors
     return convert
 
 
@@ -98,16 +137,18 @@ def parse_config(cls: type[T], argv: Sequence[str] | None = None, description: s
     for f in dataclasses.fields(cls):
         if not f.init:
             continue
-        kind = _scalar_type(hints[f.name])
+        kind, sequence = _field_type(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         flag = "--" + f.name.replace("_", "-")
         help_text = docs.get(f.name, " ").replace("%", "%%")  # argparse %-formats help strings
+        if sequence:
+            default = ",".join(str(x) for x in default) if isinstance(default, tuple) else default
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
         else:
             parser.add_argument(
-                flag, type=_converter(kind, _optional(hints[f.name])), default=default,
-                help=help_text, metavar=kind.__name__.upper(),
+                flag, type=_converter(kind, _optional(hints[f.name]), sequence), default=default,
+                help=help_text, metavar=(kind.__name__.upper() + ",...") if sequence else kind.__name__.upper(),
             )
     namespace = parser.parse_args(argv)
     try:
