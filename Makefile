@@ -1,6 +1,7 @@
 # Two commands do all set-up on a fresh machine with nothing but Python:
 #   make run   - the main job with built-in defaults
-#   make test  - the test suite
+#   make test  - the checks CI runs: lint (ruff, the import-linter layering contracts), the docs site build
+#                (mkdocs --strict), then the test suite
 # Each creates the virtual environment it needs ($(VENV)) and installs the project into it.
 
 PYTHON ?= python3
@@ -10,22 +11,26 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint docs bench clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev,docs]"
 	touch $(STAMP)
 
 run: $(STAMP)
 	$(PY) train_rl.py
 
-test: $(STAMP)
+test: lint docs
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
+	$(VENV)/bin/lint-imports
+
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict --quiet --site-dir build/site
 
 bench: $(STAMP)
 	$(PY) benchmarks/backbone_streaming.py
