@@ -39,26 +39,12 @@ import typing
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
+from ahm.backbone.config import parse_int  # re-exported: the lowest config module is its home
+
 T = TypeVar("T")
 
 __all__ = ["field_docs", "parse_config", "parse_int"]
 
-_BINARY_SUFFIXES = {"K": 2**10, "M": 2**20, "G": 2**30}
-"""Suffixes an int may carry on the command line (token counts are powers of two in this field: 4K = 4096)."""
-
-
-def parse_int(text: str) -> int:
-    """An int, with an optional binary suffix: ``"4096"``, ``"4K"`` (4096), ``"1M"`` (1048576)."""
-    s = text.strip()
-    scale = _BINARY_SUFFIXES.get(s[-1:].upper(), 1)
-    digits = s[:-1] if scale > 1 else s
-    try:
-        return int(digits) * scale
-    except ValueError as err:
-        raise ValueError(f"not an int (an optional K, M or G suffix allowed): {text!r}") from err
-
-
-parse_int.__name__ = "int"  # argparse names the type in its errors
 
 
 def field_docs(cls: type) -> dict[str, str]:
@@ -108,14 +94,22 @@ def _optional(annotation: Any) -> bool:
     return type(None) in typing.get_args(annotation)
 
 
-def _converter(kind: type, optional: bool, sequence: bool):
+_SEQUENCE_OF = {int: "integers", float: "numbers", str: "strings"}
+"""How a sequence field's error names its elements (``--lengths must be comma-separated integers``)."""
+
+
+def _converter(kind: type, optional: bool, sequence: bool, flag: str):
     scalar = parse_int if kind is int else kind
 
     def convert(text: str):
         if optional and text.lower() == "none":
             return None
         if sequence:
-            return tuple(scalar(part.strip()) for part in text.split(",") if part.strip())
+            try:
+                return tuple(scalar(part.strip()) for part in text.split(",") if part.strip())
+            except ValueError as err:  # argparse prints this message as it is: say which flag and what it takes
+                raise argparse.ArgumentTypeError(f"{flag} must be comma-separated {_SEQUENCE_OF[kind]}, got "
+                                                 f"{text!r} ({err})") from err
         return scalar(text)
 
     convert.__name__ = f"comma-separated {kind.__name__}s" if sequence else kind.__name__  # argparse names it in errors
@@ -147,7 +141,7 @@ def parse_config(cls: type[T], argv: Sequence[str] | None = None, description: s
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
         else:
             parser.add_argument(
-                flag, type=_converter(kind, _optional(hints[f.name]), sequence), default=default,
+                flag, type=_converter(kind, _optional(hints[f.name]), sequence, flag), default=default,
                 help=help_text, metavar=(kind.__name__.upper() + ",...") if sequence else kind.__name__.upper(),
             )
     namespace = parser.parse_args(argv)

@@ -6,9 +6,15 @@ adapters and training, the bridge for custom RL algorithms, and the benchmark
 that compares them. Depends on :mod:`ahm.envs` and :mod:`ahm.rewards`.
 
 * :mod:`ahm.agents.base` - ``Controller`` (the protocol), ``as_controller``, batching helpers.
+* :mod:`ahm.agents.rollout` - ``rollout``, THE loop in which a controller acts in episodes (evaluation,
+  demonstrations and the supervised phase all run on it), and the bridges to the backbone's
+  ``MemoryPolicy`` (``ReplayController``, ``ObservationBridge``, ``controller_actions``).
 * :mod:`ahm.agents.heuristics` - the hand-written controllers and the oracle.
-* :mod:`ahm.agents.learned` - Stable-Baselines3 / sb3-contrib models as controllers, their training and checkpoints.
-* :mod:`ahm.agents.benchmark` - ``python -m ahm.agents.benchmark``: tasks x lengths x controllers.
+* :mod:`ahm.agents.learned` - Stable-Baselines3 / sb3-contrib training (:mod:`ahm.agents.sb3_controllers`,
+  :mod:`ahm.agents.imitation`, :mod:`ahm.agents.controller_checkpoint` beside it).
+* :mod:`ahm.agents.evaluation` - ``evaluate``: whole episodes of one controller, with per-episode metrics.
+* :mod:`ahm.agents.benchmark` - ``run_benchmark``: tasks x lengths x controllers (command line:
+  ``python -m ahm.benchmark`` or ``ahm-benchmark``).
 
 :func:`make_controller` builds one by name (:data:`CONTROLLER_NAMES`) or loads a
 learned one from a checkpoint path.
@@ -48,15 +54,15 @@ def make_controller(spec: str | Path, **kwargs: Any) -> Controller:
     """A controller by name (a key of :data:`HEURISTICS`) or from a learned controller's checkpoint path.
 
     ``kwargs`` go to the heuristic's constructor (e.g. ``seed`` for ``random``) or to
-    :func:`ahm.agents.learned.load_controller`.
+    :func:`ahm.agents.controller_checkpoint.load_controller`.
     """
     if isinstance(spec, str) and spec in HEURISTICS:
         module, cls = HEURISTICS[spec].split(":")
         return getattr(importlib.import_module(module), cls)(**kwargs)
     path = Path(spec)
     if path.exists():
-        from .learned import load_controller
+        from .controller_checkpoint import load_controller
 
         return load_controller(path, **kwargs)
     raise ValueError(f"unknown controller {str(spec)!r}: use one of {CONTROLLER_NAMES} or the path of a saved "
-                     "learned controller (ahm.agents.learned.save_controller)")
+                     "learned controller (ahm.agents.controller_checkpoint.save_controller)")

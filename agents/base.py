@@ -68,7 +68,7 @@ def as_controller(obj: Any, name: str | None = None) -> Controller:
     """``obj`` as a :class:`Controller`: a controller is returned as is, a callable is wrapped.
 
     Stable-Baselines3 models and torch modules have their own adapters in
-    :mod:`ahm.agents.learned` (they need the observation space to map tensors).
+    :mod:`ahm.agents.sb3_controllers` (they need the observation space to map tensors).
     """
     if isinstance(obj, Controller):
         return obj

@@ -1,6 +1,7 @@
 """The controller benchmark: tasks x sequence lengths x controllers, accuracy with 95% confidence intervals over seeds.
 
-``python -m ahm.agents.benchmark`` evaluates every controller (heuristics by name,
+:func:`run_benchmark` (the command line: ``python -m ahm.benchmark`` or ``ahm-benchmark``,
+the top-level script ``benchmark.py``) evaluates every controller (heuristics by name,
 learned ones by checkpoint path) on every task and length with
 :func:`ahm.agents.evaluation.evaluate`, and writes to ``out_dir``:
 
@@ -28,9 +29,9 @@ pass over every stream, measured once per (task, length) with
 
 Examples::
 
-    python -m ahm.agents.benchmark --help
-    python -m ahm.agents.benchmark --tasks AHMMemory-v0 --lengths 4K,16K --controllers none,write_all,oracle
-    python -m ahm.agents.benchmark --lengths 10M --seeds 1      # 10M tokens: accepted, slow
+    python -m ahm.benchmark --help
+    python -m ahm.benchmark --tasks AHMMemory-v0 --lengths 4K,16K --controllers none,write_all,oracle
+    python -m ahm.benchmark --lengths 10M --seeds 1      # 10M tokens: accepted, slow
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ import csv
 import dataclasses
 import math
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,11 +57,10 @@ from ahm.agents.evaluation import (
     make_eval_env,
     prepare_features,
 )
-from ahm.cli import parse_config
 from ahm.envs.registry import ENV_SPECS
 
 __all__ = ["BenchmarkConfig", "BenchmarkRow", "run_benchmark", "benchmark_table", "mean_ci95", "student_t_quantile",
-           "parse_length", "format_length", "write_csv", "main", "DEFAULT_TASKS", "DEFAULT_LENGTHS", "MAX_LENGTH"]
+           "parse_length", "format_length", "write_csv", "DEFAULT_TASKS", "DEFAULT_LENGTHS", "MAX_LENGTH"]
 
 DEFAULT_TASKS = ("AHMMemory-v0", "AHMMemory-MQAR-v0", "AHMMemory-Forget-v0", "AHMMemory-Decoy-v0",
                  "AHMMemory-Copy-v0")
@@ -78,12 +77,13 @@ _UNITS = {"K": 2**10, "M": 2**20}
 class BenchmarkConfig:
     """Benchmark memory controllers on AHMMemory tasks: accuracy (95% CI over seeds), memory ops, bytes, tokens/s."""
 
-    tasks: str = ",".join(DEFAULT_TASKS)
+    tasks: tuple[str, ...] = DEFAULT_TASKS
     """Environment ids, comma-separated (ahm.envs.ENV_SPECS)."""
-    lengths: str = "4K,16K,100K,1M"
+    lengths: tuple[int, ...] = DEFAULT_LENGTHS
     """Episode lengths in tokens, comma-separated; K = 1024, M = 1024**2 (4K, 100K, 1M, ...); at most 10M."""
-    controllers: str = ",".join(CONTROLLER_NAMES)
-    """Controllers, comma-separated: heuristic names (none, random, write_all, lru, surprise, dedupe, oracle) and/or
+    controllers: tuple[str, ...] = CONTROLLER_NAMES
+    """Controllers, comma-separated: heuristic names (none, random, write_all, lru, surprise, dedupe, update,
+    oracle) and/or
     paths of learned controllers' checkpoints. From Python, a sequence of names, paths or Controller objects."""
     seeds: int = 3
     """Seeds per cell (the confidence interval is over them); seed i fixes the episodes' streams."""
@@ -111,36 +111,30 @@ class BenchmarkConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be an int >= 1, got {value!r}")
         if not isinstance(self.first_seed, int) or self.first_seed < 0:
             raise ValueError(f"--first-seed must be an int >= 0, got {self.first_seed!r}")
-        self.task_list()
-        self.length_list()
-        self.controller_specs()
+        # A comma-separated str is still accepted for each sequence (the form these fields had before they were
+        # typed); they are stored as tuples, validated.
+        self.tasks = self.task_list()
+        self.lengths = self.length_list()
+        self.controllers = self.controller_specs()  # type: ignore[assignment]  # may hold Controller objects
 
     def task_list(self) -> tuple[str, ...]:
         """The environment ids, validated."""
-        tasks = tuple(t.strip() for t in self.tasks.split(",") if t.strip())
-        unknown = [t for t in tasks if t not in ENV_SPECS]
-        if not tasks or unknown:
+        tasks = _items(self.tasks, "tasks")
+        if not tasks or not all(isinstance(t, str) and t in ENV_SPECS for t in tasks):
             raise ValueError(f"--tasks must be comma-separated environment ids from {list(ENV_SPECS)}; "
                              f"got {self.tasks!r}")
         return tasks
 
     def length_list(self) -> tuple[int, ...]:
         """The episode lengths in tokens, validated."""
-        lengths = tuple(parse_length(x) for x in self.lengths.split(",") if x.strip())
+        lengths = tuple(parse_length(x) for x in _items(self.lengths, "lengths"))
         if not lengths:
             raise ValueError(f"--lengths must list at least one length, got {self.lengths!r}")
         return lengths
 
     def controller_specs(self) -> tuple[str | Path | Controller, ...]:
         """The controllers: names, checkpoint paths (as given) or Controller objects."""
-        raw = self.controllers
-        specs: tuple[Any, ...]
-        if isinstance(raw, str):
-            specs = tuple(c.strip() for c in raw.split(",") if c.strip())
-        elif isinstance(raw, Sequence):
-            specs = tuple(raw)
-        else:
-            raise ValueError(f"--controllers must be a comma-separated string or a sequence, got {type(raw).__name__}")
+        specs: tuple[Any, ...] = _items(self.controllers, "controllers")
         if not specs:
             raise ValueError("--controllers must name at least one controller")
         for spec in specs:
@@ -152,6 +146,15 @@ class BenchmarkConfig:
                 raise ValueError(f"a controller must be a name, a checkpoint path or a Controller; got "
                                  f"{type(spec).__name__}")
         return specs
+
+
+def _items(value: str | Sequence[Any], name: str) -> tuple[Any, ...]:
+    """A config sequence as a tuple: a comma-separated str is split (and stripped), any other sequence kept."""
+    if isinstance(value, str):
+        return tuple(x.strip() for x in value.split(",") if x.strip())
+    if isinstance(value, Sequence):
+        return tuple(value)
+    raise ValueError(f"--{name} must be a comma-separated string or a sequence, got {type(value).__name__}")
 
 
 def parse_length(text: str | int) -> int:
@@ -322,6 +325,8 @@ def _instantiate(spec: str | Path | Controller, cache: dict[str, Controller]) ->
 
 def _warm_up(task: str, chunk_size: int, backbone: str | None) -> None:
     """One tiny backbone pass, so the first measured cell does not pay one-off compilation (numba) and allocation."""
+    # Four chunks of stream 0: any small episode does (the costs are one-off, not per stream); its env is thrown away,
+    # so the measured cells' caches never see it.
     try:
         env = make_eval_env(task, num_envs=1, stream_seeds=(0,), seq_len=4 * chunk_size, chunk_size=chunk_size,
                             backbone=backbone)
@@ -471,18 +476,11 @@ def _plots(rows: Sequence[BenchmarkRow], accesses: Mapping[str, Mapping[str, Mem
 
 
 # ====================================================================== entry point
-def main(argv: Sequence[str] | None = None) -> list[BenchmarkRow]:
-    """``python -m ahm.agents.benchmark``: parse :class:`BenchmarkConfig`, run, print the table; returns the rows."""
-    config = parse_config(BenchmarkConfig, argv, description=__doc__.split("\n\n")[0])
-    start = time.perf_counter()
-    try:
-        rows = run_benchmark(config)
-    except (FileNotFoundError, ValueError) as err:  # a missing checkpoint, an env argument out of range
-        sys.exit(f"ahm.agents.benchmark: {err}")
-    print(benchmark_table(rows))
-    print(f"wrote {Path(config.out_dir) / 'benchmark.csv'} and benchmark.md in {time.perf_counter() - start:.1f} s")
-    return rows
+MOVED = "moved: run `python -m ahm.benchmark` (or `ahm-benchmark`)"
+"""What ``python -m ahm.agents.benchmark`` says: the command line is the top-level script ``benchmark.py`` (it parses
+the typed config with ``ahm.cli``, a layer above this library)."""
 
 
 if __name__ == "__main__":
-    main()
+    print(MOVED, file=sys.stderr)
+    sys.exit(2)

@@ -6,7 +6,8 @@ episode (:class:`EpisodeResult`), the task accuracy (correct / total targets of
 the episode's final ``info["targets"]``), success (every target correct), memory
 operations per 1K tokens and bytes held at the end, and for the whole run
 (:class:`EvalResult`) the throughput in tokens per second, with and without the
-resets.
+resets. The episodes are played by :func:`ahm.agents.rollout.rollout`, the one
+controller loop.
 
 Same episodes for every controller. The stream of episode i is
 :func:`evaluation_stream_seeds` ``(seed, episodes)[i]``, a pure function of
@@ -57,7 +58,8 @@ memory operations in ``ops_per_1k_tokens``."""
 
 _STREAM_SEED_TAG = 0x5EED_E7A1
 """Mixed into the evaluation's SeedSequence so its streams differ from those a training run draws with the same
-integer seed (an arbitrary constant)."""
+integer seed. The value is arbitrary ("seed eval" in hex-speak); what matters is that no other SeedSequence of the
+project uses it and that it never changes: every recorded evaluation and benchmark result depends on it."""
 
 
 class EpisodeResult(NamedTuple):
@@ -222,11 +224,6 @@ def _rounds(seeds: list[int], n: int) -> list[list[int]]:
     return out
 
 
-def _plain(tree: Mapping[str, Any]) -> dict[str, Any]:
-    """A Gymnasium vector info without its ``_key`` presence masks (the nested (n, ...) form controllers take)."""
-    return {k: _plain(v) if isinstance(v, Mapping) else v for k, v in tree.items() if not k.startswith("_")}
-
-
 # ====================================================================== evaluation
 def evaluate(controller: Controller | str | Path | Any, env_id_or_kwargs: str | Mapping[str, Any] | Any, *,
              seq_len: int | None = None, episodes: int = 1, num_envs: int = 1, seed: int = 0,
@@ -253,6 +250,7 @@ def evaluate(controller: Controller | str | Path | Any, env_id_or_kwargs: str | 
     Returns:
         An :class:`EvalResult` with one :class:`EpisodeResult` per episode, in stream-seed order.
     """
+    from ahm.agents.rollout import rollout  # loads torch and the envs: not at import time
     from ahm.envs.vector_env import AHMMemoryVectorEnv
 
     controller = _controller(controller)
@@ -279,40 +277,29 @@ def evaluate(controller: Controller | str | Path | Any, env_id_or_kwargs: str | 
     step_seconds, step_tokens = 0.0, 0
     limit = env.episodes.n_chunks + 1  # an episode lasts at most n_chunks steps
     for round_index, group in enumerate(_rounds(list(stream_seeds), n)):
+        # The round's reset seed (the auto-reset draws): a pure function of (seed, round), distinct per round.
         round_seed = int(np.random.SeedSequence([int(seed), round_index]).generate_state(1)[0])
-        start = time.perf_counter()
-        obs, info = env.reset(seed=round_seed, options={"stream_seeds": group})
-        reset_seconds += time.perf_counter() - start
-        info = _plain(info)
-        controller.reset(n)
-        episode_start = np.ones(n, dtype=bool)
         pending = np.zeros(n, dtype=bool)
         pending[: min(n, len(stream_seeds) - round_index * n)] = True
         finished: dict[int, EpisodeResult] = {}
-        for _ in range(limit):
-            if not pending.any():
-                break
-            mask = env.action_masks()
-            chunk = np.asarray(info["chunk"])
-            start = time.perf_counter()
-            actions = np.asarray(controller.act(obs, mask, info, episode_start), dtype=np.int64)
-            step = env.step_arrays(actions)
-            step_seconds += time.perf_counter() - start
+        for step in rollout(controller, env, seed=round_seed, stream_seeds=group, steps=limit):
+            reset_seconds += step.reset_seconds
+            step_seconds += step.seconds
+            chunk = np.asarray(step.shown_info["chunk"])
             step_tokens += int(np.minimum(config.chunk_size, config.seq_len - chunk * config.chunk_size).sum())
-            done = step.terminated | step.truncated
+            done = step.done
             if recorder is not None and round_index == 0 and pending[0]:
-                after = step.final_observation if done[0] else step.observation
-                recorder.add(obs, actions[0], after)
+                recorder.add(step.observation, step.action[0], step.last_observation)
             for r in np.nonzero(done & pending)[0].tolist():
-                finished[r] = _episode_result(step.final_info, r, int(group[r]), config.chunk_size, config.seq_len)
+                finished[r] = _episode_result(step.info, r, int(group[r]), config.chunk_size, config.seq_len)
             if recorder is not None and round_index == 0 and done[0] and pending[0]:
                 recorder.stream_seed = int(group[0])
             pending &= ~done
-            obs, info, episode_start = step.observation, step.info, done
-        else:
-            if pending.any():
-                raise RuntimeError(f"evaluate: episodes of sub-environments {np.nonzero(pending)[0].tolist()} did not "
-                                   f"end within {limit} steps; the env's episodes should end after n_chunks steps")
+            if not pending.any():
+                break
+        if pending.any():
+            raise RuntimeError(f"evaluate: episodes of sub-environments {np.nonzero(pending)[0].tolist()} did not "
+                               f"end within {limit} steps; the env's episodes should end after n_chunks steps")
         results.extend(finished[r] for r in sorted(finished))
 
     return EvalResult(controller=str(getattr(controller, "name", type(controller).__name__)), task=config.task,

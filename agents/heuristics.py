@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from ahm.envs import ACTION_COMPONENTS, action_nvec
+from ahm.envs.spaces import ACTION_COMPONENTS, ActionLayout
 from ahm.envs.streams import FACT_KINDS
 
 __all__ = ["NoMemoryController", "RandomController", "WriteAllController", "LRUController", "SurpriseController",
@@ -59,24 +59,19 @@ def _size(observation: Mapping[str, np.ndarray]) -> tuple[int, int]:
     return b, k
 
 
-def _nvec(k: int) -> list[int]:
-    """The number of values of each action component for K slots (``AHMMemoryEnv``'s MultiDiscrete)."""
-    return action_nvec(k).tolist()
-
-
 def component_masks(action_mask: np.ndarray | None, b: int, k: int) -> list[np.ndarray]:
     """The flat (b, 2 K + 12) mask split into the five components' (b, n_j) masks (all True if None).
 
     Raises ``ValueError`` if the shape is wrong or a row allows no value of some component.
     """
-    nvec = _nvec(k)
+    layout = ActionLayout(k)
     if action_mask is None:
-        return [np.ones((b, n), dtype=bool) for n in nvec]
+        return [np.ones((b, n), dtype=bool) for n in layout.nvec.tolist()]
     mask = np.asarray(action_mask, dtype=bool)
-    if mask.shape != (b, sum(nvec)):
-        raise ValueError(f"action_mask must have shape ({b}, {sum(nvec)}) for K = {k}, got {mask.shape}; pass the "
-                         "env's action_masks() with a leading batch axis")
-    parts = np.split(mask, np.cumsum(nvec)[:-1], axis=1)
+    if mask.shape != (b, layout.mask_width):
+        raise ValueError(f"action_mask must have shape ({b}, {layout.mask_width}) for K = {k}, got {mask.shape}; "
+                         "pass the env's action_masks() with a leading batch axis")
+    parts = layout.split_mask(mask)
     for name, m in zip(ACTION_COMPONENTS, parts):
         empty = ~m.any(1)
         if empty.any():
@@ -148,19 +143,13 @@ def conform_to_mask(actions: np.ndarray, action_mask: np.ndarray | None) -> np.n
     if action_mask is None:
         return actions
     b = actions.shape[0]
-    k = _nvec_to_k(np.asarray(action_mask).shape[-1])
+    k = ActionLayout.from_mask_width(np.asarray(action_mask).shape[-1]).wm_slots
     out = actions.copy()
     for j, m in enumerate(component_masks(action_mask, b, k)):
         bad = ~m[np.arange(b), out[:, j]]
         if bad.any():
             out[bad, j] = m[bad].argmax(1)  # the lowest allowed value; 0 first
     return out
-
-
-def _nvec_to_k(width: int) -> int:
-    if width < 14 or width % 2:
-        raise ValueError(f"an action mask has 2 K + 12 entries per environment, got {width}")
-    return (width - 12) // 2
 
 
 class _Stateless:

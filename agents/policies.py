@@ -26,12 +26,13 @@ import math
 from types import SimpleNamespace
 from typing import Any
 
-import numpy as np
 import torch
 from gymnasium import spaces
 from stable_baselines3.common import torch_layers
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import Tensor, nn
+
+from ahm.envs.spaces import ActionLayout
 
 __all__ = ["SlotFeaturesExtractor", "slot_policy_kwargs", "wire_slot_scores", "FEATURE_EXTRACTORS"]
 
@@ -105,8 +106,8 @@ def wire_slot_scores(policy: Any) -> None:
     weight = getattr(policy.action_net, "weight", None)
     if weight is None or weight.shape[1] != extractor.features_dim:
         raise ValueError("wire_slot_scores needs a linear action head on the extractor's output (net_arch=[])")
-    nvec = np.asarray(policy.action_space.nvec, dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(nvec)[:-1]])
+    layout = ActionLayout.from_nvec(policy.action_space.nvec)
+    nvec, offsets = layout.nvec, layout.offsets
     h, k = extractor.hidden, extractor.k
     with torch.no_grad():
         for component, first_score in ((WRITE_COMPONENT, h), (FORGET_WM_COMPONENT, h + k)):

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvObs, VecEnvStepReturn
 
-from ahm.envs.vector_env import AHMMemoryVectorEnv, _rows_of, noop_invalid_actions
+from ahm.envs.spaces import ActionLayout
+from ahm.envs.vector_env import AHMMemoryVectorEnv, _rows_of
 
 __all__ = ["SB3VecEnvAdapter", "INVALID_ACTION_MODES"]
 
@@ -36,7 +37,7 @@ class SB3VecEnvAdapter(VecEnv):
             loops that log few keys pass e.g. ``("is_success", "reward_terms")``.
         invalid_actions: ``"raise"`` (the env raises on an action value its mask marks
             invalid) or ``"noop"``: before each step, every invalid component value is
-            replaced by that component's no-op 0 (:func:`noop_invalid_actions`), for
+            replaced by that component's no-op 0 (:meth:`ActionLayout.noop_invalid`), for
             algorithms that cannot mask (plain PPO / A2C). The env itself always raises.
 
     Example::
@@ -60,6 +61,7 @@ class SB3VecEnvAdapter(VecEnv):
             raise ValueError(f"invalid_actions must be one of {INVALID_ACTION_MODES}, got {invalid_actions!r}")
         self.env = env
         self.invalid_actions = invalid_actions
+        self.layout = ActionLayout.from_nvec(env.single_action_space.nvec)
         self.info_keys = None if info_keys is None else tuple(info_keys)
         self._actions: np.ndarray | None = None
         super().__init__(env.num_envs, env.single_observation_space, env.single_action_space)
@@ -83,7 +85,7 @@ class SB3VecEnvAdapter(VecEnv):
     def step_wait(self) -> VecEnvStepReturn:
         actions = self._actions
         if self.invalid_actions == "noop":
-            actions = noop_invalid_actions(actions, self.env.action_masks(), self.env.single_action_space.nvec)
+            actions = self.layout.noop_invalid(actions, self.env.action_masks())
         s = self.env.step_arrays(actions)
         done = s.terminated | s.truncated
         infos = _rows_of(self._select({k: v for k, v in s.info.items() if k != "is_success"}), self.num_envs)

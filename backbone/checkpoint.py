@@ -35,6 +35,8 @@ __all__ = ["atomic_write_bytes", "atomic_save_tensors", "state_dict_for_saving",
 
 WEIGHTS = "model.safetensors"
 META = "checkpoint.json"
+"""The two files of a saved :class:`MambaLM` (an older layout than the bundles below: its JSON has no format field)."""
+_LM_HINT = "save one with save_lm_checkpoint"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -98,10 +100,7 @@ def load_lm_checkpoint(directory: str | Path, map_location: str = "cpu") -> tupl
         config = MambaConfig.from_dict(meta["config"])
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise ValueError(f"checkpoint {str(directory)!r}: {META} is corrupted ({err})") from err
-    try:
-        weights = load_file(str(directory / WEIGHTS), device=map_location)
-    except (SafetensorError, OSError, RuntimeError) as err:
-        raise ValueError(f"checkpoint {str(directory)!r}: {WEIGHTS} is corrupted ({err})") from err
+    weights = read_tensors(directory / WEIGHTS, f"checkpoint {str(directory)!r}", _LM_HINT, map_location)
     model = MambaLM(config)
     missing, unexpected = model.load_state_dict(weights, strict=False)
     # The tied head is saved once, under the embedding's name.

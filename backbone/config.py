@@ -101,3 +101,18 @@ class MambaConfig:
     def from_dict(cls, data: dict[str, Any]) -> MambaConfig:
         """Build from a dict (e.g. a checkpoint's JSON); unknown keys are an error."""
         return dataclass_from_dict(cls, data)
+
+
+_BINARY_SUFFIXES = {"K": 2**10, "M": 2**20, "G": 2**30}
+"""Suffixes an int may carry on the command line (token counts are powers of two in this field: 4K = 4096)."""
+
+
+def parse_int(text: str) -> int:
+    """An int, with an optional binary suffix: ``"4096"``, ``"4K"`` (4096), ``"1M"`` (1048576)."""
+    s = text.strip()
+    scale = _BINARY_SUFFIXES.get(s[-1:].upper(), 1)
+    digits = s[:-1] if scale > 1 else s
+    try:
+        return int(digits) * scale
+    except ValueError as err:
+        raise ValueError(f"not an int (an optional K, M or G suffix allowed): {text!r}") from err

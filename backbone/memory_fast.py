@@ -27,22 +27,49 @@ Glossary: b sequences, K slots, M LTM capacity, k hits, dk / dv key / value dims
 from __future__ import annotations
 
 import operator
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple, Protocol
 
 import numba
 import numpy as np
 import torch
 
-if TYPE_CHECKING:
-    from .ahm_model import HierarchicalMemory
+from . import memory_ops as op  # the op codes (op.RETRIEVE_WM ...): numba compiles them in as constants
+from .long_term_memory import LongTermMemory, LTMConfig
+from .working_memory import WorkingMemory
 
-__all__ = ["FastObservation", "FastReadout", "MemoryFastPath", "fast_path_unsupported"]
+__all__ = ["FastPathMemory", "MemorySettings", "FastObservation", "FastReadout", "MemoryFastPath",
+           "fast_path_unsupported"]
 
 _WM = ("keys", "values", "occupied", "write_step", "uses", "last_read", "clock")
 _LTM = ("occupied", "write_step", "uses", "last_read", "count", "clock")
 _wm_tensors = operator.attrgetter(*_WM)
 _ltm_tensors = operator.attrgetter("key_codes", "value_codes", *_LTM)
 """What identifies the LTM's storage: the code tuples (replaced whole, never edited) and the bookkeeping tensors."""
+
+
+class MemorySettings(Protocol):
+    """The parts of a memory's configuration the fast path reads (:class:`~ahm.backbone.MemoryConfig` has them)."""
+
+    @property
+    def read_mode(self) -> str: ...
+    @property
+    def joint_read(self) -> bool: ...
+    @property
+    def ltm(self) -> LTMConfig: ...
+
+
+class FastPathMemory(Protocol):
+    """What the fast path reads and writes of a hierarchical memory (:class:`~ahm.backbone.HierarchicalMemory` is
+    one). A protocol, so this module depends on the two levels' classes only, not on the memory that holds them
+    (which imports this module lazily, on its first fast step)."""
+
+    wm: WorkingMemory
+    ltm: LongTermMemory
+
+    @property
+    def config(self) -> MemorySettings: ...
+    @property
+    def device(self) -> torch.device: ...
 
 
 class FastObservation(NamedTuple):
@@ -91,7 +118,7 @@ class FastReadout(NamedTuple):
     """(b,) int64: the LTM slot ``ltm_forget`` emptied, -1 where none."""
 
 
-def fast_path_unsupported(memory: HierarchicalMemory) -> str | None:
+def fast_path_unsupported(memory: FastPathMemory) -> str | None:
     """Why ``memory`` cannot use the fast path, or None if it can."""
     ltm = memory.ltm
     if memory.device.type != "cpu":
@@ -116,7 +143,7 @@ class MemoryFastPath:
     reset of the working memory, or a load), so the two paths can be mixed freely.
     """
 
-    def __init__(self, memory: HierarchicalMemory) -> None:
+    def __init__(self, memory: FastPathMemory) -> None:
         reason = fast_path_unsupported(memory)
         if reason is not None:
             raise ValueError(f"MemoryFastPath: {reason}; use HierarchicalMemory.apply(..., fast=False)")
@@ -295,19 +322,19 @@ def _observe_kernel(query, key, keys, occ, wstep, clock, kc, ks, locc, count, hw
         for j in range(n_slots + 3):
             masks[r, j] = True
         o = n_slots + 3
-        masks[r, o] = True
-        masks[r, o + 1] = wm_any
-        masks[r, o + 2] = ltm_any
-        masks[r, o + 3] = wm_any and ltm_any
+        masks[r, o + op.RETRIEVE_NONE] = True
+        masks[r, o + op.RETRIEVE_WM] = wm_any
+        masks[r, o + op.RETRIEVE_LTM] = ltm_any
+        masks[r, o + op.RETRIEVE_BOTH] = wm_any and ltm_any
         o += 4
         masks[r, o] = True
         for s in range(n_slots):
             masks[r, o + 1 + s] = occ[r, s]
         o += n_slots + 1
-        masks[r, o] = True
-        masks[r, o + 1] = ltm_any
-        masks[r, o + 2] = ltm_any
-        masks[r, o + 3] = ltm_any
+        masks[r, o + op.LTM_FORGET_NONE] = True
+        masks[r, o + op.LTM_FORGET_OLDEST] = ltm_any
+        masks[r, o + op.LTM_FORGET_LEAST_USED] = ltm_any
+        masks[r, o + op.LTM_FORGET_NEAREST] = ltm_any
     return sim, key_sim, age, hs, hi, key_score, masks
 
 
@@ -405,15 +432,17 @@ def _apply_kernel(write, evict, retrieve, forget, ltm_forget, key, value, query,
     any_ltm = False
     for r in range(b):
         w, f, e, q, lf = write[r], forget[r], evict[r], retrieve[r], ltm_forget[r]
-        if w < -1 or w >= n_slots or f < -1 or f >= n_slots or e < 0 or e > 1 or q < 0 or q > 3 or lf < 0 or lf > 3:
+        if (w < -1 or w >= n_slots or f < -1 or f >= n_slots or e < 0 or e > 1 or q < op.RETRIEVE_NONE
+                or q > op.RETRIEVE_BOTH or lf < op.LTM_FORGET_NONE or lf > op.LTM_FORGET_NEAREST):
             return False, hw, wm_val, ltm_val, wm_w, ltm_w, ltm_idx, displaced, moved_slot, forgot
         wm_any = False
         for s in range(n_slots):
             wm_any = wm_any or occ[r, s]
-        if ((q == 1 or q == 3) and not wm_any) or (q >= 2 and lcount[r] == 0) or (f >= 0 and not occ[r, f]) or (
-                lf > 0 and lcount[r] == 0):
+        if ((q == op.RETRIEVE_WM or q == op.RETRIEVE_BOTH) and not wm_any) or (
+                q >= op.RETRIEVE_LTM and lcount[r] == 0) or (f >= 0 and not occ[r, f]) or (
+                lf != op.LTM_FORGET_NONE and lcount[r] == 0):
             return False, hw, wm_val, ltm_val, wm_w, ltm_w, ltm_idx, displaced, moved_slot, forgot
-        any_ltm = any_ltm or q >= 2
+        any_ltm = any_ltm or q >= op.RETRIEVE_LTM
     raw = np.zeros(n_slots, dtype=np.float32)
     valid = np.zeros(max(n_slots, k), dtype=np.bool_)
     lscore = np.zeros(k, dtype=np.float32)
@@ -423,7 +452,7 @@ def _apply_kernel(write, evict, retrieve, forget, ltm_forget, key, value, query,
         q = retrieve[r]
         wm_level = ltm_level = -np.inf  # each level's log normaliser (soft) or best score (top1), for joint reads
         # Retrieve from the working memory (WorkingMemory.read).
-        if q == 1 or q == 3:
+        if q == op.RETRIEVE_WM or q == op.RETRIEVE_BOTH:
             best, best_sc = -1, -np.inf
             for s in range(n_slots):
                 valid[s] = occ[r, s]
@@ -454,7 +483,7 @@ def _apply_kernel(write, evict, retrieve, forget, ltm_forget, key, value, query,
         if any_ltm:
             for j in range(k):
                 ltm_idx[r, j] = hits[r, j]
-        if q >= 2:
+        if q >= op.RETRIEVE_LTM:
             best, n_valid = -1, 0
             for j in range(k):
                 slot = hits[r, j]
@@ -483,7 +512,7 @@ def _apply_kernel(write, evict, retrieve, forget, ltm_forget, key, value, query,
                 luses[r, top] += 1
                 llast[r, top] = lclock[r]
         # A joint read of both levels (MemoryConfig.joint_read): each level scaled by its share.
-        if joint and q == 3:
+        if joint and q == op.RETRIEVE_BOTH:
             if soft:
                 share = 1.0 / (1.0 + np.exp(ltm_level - wm_level))
             else:
@@ -506,11 +535,11 @@ def _apply_kernel(write, evict, retrieve, forget, ltm_forget, key, value, query,
             uses[r, f] = 0
             last_read[r, f] = -1
         lf = ltm_forget[r]
-        if lf > 0:
-            if lf == 3:
+        if lf != op.LTM_FORGET_NONE:
+            if lf == op.LTM_FORGET_NEAREST:
                 victim = _nearest_code(key[r], kc, ks, locc, r, hw, dk)[0]
             else:
-                victim = _oldest(r, hw, locc, lws, luses, lf == 2)
+                victim = _oldest(r, hw, locc, lws, luses, lf == op.LTM_FORGET_LEAST_USED)
             _ltm_clear(r, victim, kc, ks, vc, vs, locc, lws, luses, llast, lcount, kint8, vint8)
             forgot[r] = victim
         # Evict-and-write: a displaced entry moves to the LTM if asked, then the new entry is written.

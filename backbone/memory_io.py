@@ -3,8 +3,9 @@
 A saved memory is a directory with ``memory.safetensors`` (every state tensor of
 the working and long-term memory, and the parameters / buffers of both codecs,
 so the stored codes can always be decoded) and ``memory.json`` (format version,
-batch size, :class:`MemoryConfig`, caller's ``extra``). Both files are written
-atomically (:func:`ahm.backbone.checkpoint.atomic_write_bytes`); loading never
+batch size, :class:`MemoryConfig`, caller's ``extra``): a bundle of
+:mod:`ahm.backbone.checkpoint`, whose header that module writes and checks. Both files
+are written atomically (:func:`ahm.backbone.checkpoint.atomic_write_bytes`); loading never
 executes code. A round trip reproduces every tensor exactly. The faiss index of
 approximate search is a cache and is rebuilt after loading.
 
@@ -15,25 +16,23 @@ Tensor names: ``wm.<name>`` (:attr:`WorkingMemory.TENSORS`), ``ltm.<name>``
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import Tensor
 
-from .ahm_model import HierarchicalMemory, MemoryConfig
-from .checkpoint import atomic_write_bytes
+from .checkpoint import atomic_write_bytes, read_bundle_meta, read_tensors, write_bundle_meta
 from .codecs import VectorCodec, make_codec
+from .hierarchical_memory import HierarchicalMemory, MemoryConfig
 
 __all__ = ["memory_tensors", "save_memory", "load_memory", "MEMORY_TENSORS", "MEMORY_META"]
 
 MEMORY_TENSORS = "memory.safetensors"
 MEMORY_META = "memory.json"
 _FORMAT, _VERSION = "ahm-hierarchical-memory", 1
+_HINT = "save one with save_memory"
 
 
 def memory_tensors(memory: HierarchicalMemory) -> dict[str, Tensor]:
@@ -58,9 +57,8 @@ def save_memory(directory: str | Path, memory: HierarchicalMemory, extra: dict[s
     """Save the whole memory state (and ``extra`` JSON metadata) into ``directory``."""
     directory = Path(directory)
     atomic_write_bytes(directory / MEMORY_TENSORS, save_safetensors(memory_tensors(memory)))
-    meta = {"format": _FORMAT, "version": _VERSION, "batch": memory.batch, "config": memory.config.to_dict(),
-            "extra": extra or {}}
-    atomic_write_bytes(directory / MEMORY_META, json.dumps(meta, indent=1).encode())
+    write_bundle_meta(directory / MEMORY_META, _FORMAT, _VERSION,
+                      {"batch": memory.batch, "config": memory.config.to_dict(), "extra": extra or {}})
 
 
 def _codec_from(saved: dict[str, Tensor], which: str, name: str, dim: int, options, given: VectorCodec | None,
@@ -99,20 +97,16 @@ def load_memory(directory: str | Path, key_codec: VectorCodec | None = None, val
     """
     directory = Path(directory)
     where = repr(str(directory))
-    for name in (MEMORY_META, MEMORY_TENSORS):
+    for name in (MEMORY_META, MEMORY_TENSORS):  # both files first: a half-copied memory says what it lacks
         if not (directory / name).is_file():
             raise FileNotFoundError(f"memory {where} has no {name}")
+    what, not_a = f"memory {where}", "a saved AHM memory"
+    meta = read_bundle_meta(directory / MEMORY_META, _FORMAT, _VERSION, what, not_a, _HINT)
     try:
-        meta = json.loads((directory / MEMORY_META).read_text())
-        if meta.get("format") != _FORMAT or meta.get("version") != _VERSION:
-            raise ValueError(f"format {meta.get('format')!r} version {meta.get('version')!r}")
         config, batch = MemoryConfig.from_dict(meta["config"]), int(meta["batch"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"memory {where}: {MEMORY_META} is not a saved AHM memory ({err})") from err
-    try:
-        saved = load_safetensors((directory / MEMORY_TENSORS).read_bytes())
-    except (SafetensorError, OSError, RuntimeError) as err:
-        raise ValueError(f"memory {where}: {MEMORY_TENSORS} is corrupted ({err})") from err
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{what}: {MEMORY_META} is not {not_a} ({err})") from err
+    saved = read_tensors(directory / MEMORY_TENSORS, what, _HINT)
     ltm_cfg = config.ltm
     key_codec = _codec_from(saved, "key", ltm_cfg.codec, ltm_cfg.key_dim, ltm_cfg.codec_options, key_codec, where)
     value_codec = _codec_from(saved, "value", ltm_cfg.codec, ltm_cfg.value_dim, ltm_cfg.codec_options, value_codec,

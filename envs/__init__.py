@@ -7,9 +7,17 @@ env, and the registration of ``AHMMemory-v0`` and its variants. Depends on
 Gymnasium.
 
 * :mod:`ahm.envs.streams` - ``TaskStream``, ``Fact``, ``Query``, ``TASKS`` (the task families).
-* :mod:`ahm.envs.memory_env` - ``AHMMemoryEnv`` (one step = one chunk) and ``EpisodeBatch``.
+* :mod:`ahm.envs.memory_env` - ``AHMMemoryEnv`` (one step = one chunk), the Gymnasium env and its documentation.
 * :mod:`ahm.envs.vector_env` - ``AHMMemoryVectorEnv`` (native, batched; Stable-Baselines3's adapter is
   :mod:`ahm.agents.sb3_adapter`).
+* :mod:`ahm.envs.config` - ``AHMMemoryConfig``, every argument of the two envs.
+* :mod:`ahm.envs.spaces` - the action layout (``ActionLayout``), the action and observation spaces.
+* :mod:`ahm.envs.episode_batch` - ``EpisodeBatch``, b episodes stepped together (what both envs run), and
+  ``EpisodeFeatures``, the boundary features it caches.
+* :mod:`ahm.envs.episode_scoring` - what a step is scored by: the ground truth per chunk, the answer's
+  readout, the chunk that wrote each memory entry.
+* :mod:`ahm.envs.default_backbones` - the shipped task-trained backbones and the random default.
+* :mod:`ahm.envs.render` - the ``ansi`` and ``rgb_array`` pictures.
 * :mod:`ahm.envs.registry` - ``ENV_SPECS``, the one dict behind registration, tests and docs.
 
 Importing this package registers the ids (:func:`register_envs`) but loads torch,
@@ -28,12 +36,12 @@ register_envs()
 _LAZY = {
     "TASKS": "ahm.envs.streams", "TaskStream": "ahm.envs.streams", "Fact": "ahm.envs.streams",
     "Query": "ahm.envs.streams", "FACT_KINDS": "ahm.envs.streams", "make_task": "ahm.envs.streams",
-    "AHMMemoryEnv": "ahm.envs.memory_env", "AHMMemoryConfig": "ahm.envs.memory_env",
-    "EpisodeBatch": "ahm.envs.memory_env", "ACTION_COMPONENTS": "ahm.envs.memory_env",
-    "OBSERVATION_KEYS": "ahm.envs.memory_env", "DEFAULT_BACKBONE": "ahm.envs.memory_env",
-    "action_nvec": "ahm.envs.memory_env",
-    "random_backbone": "ahm.envs.memory_env", "save_ahm_checkpoint": "ahm.envs.memory_env",
-    "load_ahm_checkpoint": "ahm.envs.memory_env",
+    "AHMMemoryEnv": "ahm.envs.memory_env", "AHMMemoryConfig": "ahm.envs.config",
+    "EpisodeBatch": "ahm.envs.episode_batch", "ACTION_COMPONENTS": "ahm.envs.spaces",
+    "OBSERVATION_KEYS": "ahm.envs.spaces", "DEFAULT_BACKBONE": "ahm.envs.default_backbones",
+    "action_nvec": "ahm.envs.spaces",
+    "random_backbone": "ahm.envs.default_backbones", "save_ahm_checkpoint": "ahm.backbone.checkpoint",
+    "load_ahm_checkpoint": "ahm.backbone.checkpoint",
     "AHMMemoryVectorEnv": "ahm.envs.vector_env",
 }
 

@@ -26,7 +26,6 @@ PX = 6
 MAX_COLUMNS = 1024
 """Longer episodes are binned to at most this many columns (the maximum over each bin)."""
 
-_ACTIONS = ("write", "evict", "retrieve", "forget", "ltm_forget")
 _RETRIEVE = ("none", "WM", "LTM", "both")
 
 

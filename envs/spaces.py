@@ -162,6 +162,13 @@ class ActionLayout:
         return MemoryOps(a[:, 0] - 1, a[:, 1], a[:, 2], a[:, 3] - 1, a[:, 4])
 
     @staticmethod
+    def to_op_arrays(actions: np.ndarray) -> MemoryOps:
+        """:meth:`to_ops` without torch: the :class:`MemoryOps` fields of (b, 5) actions as numpy int64 (b,) arrays
+        (what the compiled memory step takes)."""
+        a = np.asarray(actions, dtype=np.int64)
+        return MemoryOps(a[:, 0] - 1, a[:, 1], a[:, 2], a[:, 3] - 1, a[:, 4])
+
+    @staticmethod
     def from_ops(ops: MemoryOps) -> np.ndarray:
         """(b, 5) int64 actions of :class:`MemoryOps` (the inverse of :meth:`to_ops`)."""
         shift = np.array([1, 0, 0, 1, 0], dtype=np.int64)

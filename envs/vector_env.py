@@ -1,7 +1,7 @@
-"""The native vector env (:class:`AHMMemoryVectorEnv`) and its adapter to Stable-Baselines3 (:class:`SB3VecEnvAdapter`).
+"""The native vector env (:class:`AHMMemoryVectorEnv`); its Stable-Baselines3 adapter is :mod:`ahm.agents.sb3_adapter`.
 
 ``AHMMemoryVectorEnv`` runs ``num_envs`` episodes on one
-:class:`~ahm.envs.memory_env.EpisodeBatch`: one batched memory of ``num_envs``
+:class:`~ahm.envs.episode_batch.EpisodeBatch`: one batched memory of ``num_envs``
 sequences (every memory operation is one batched tensor op over the sub-envs),
 and the backbone batched over the sub-envs that reset together (readout
 integration: their feature caches in one pass; state integration: every step).
@@ -17,9 +17,10 @@ observation and info of the episode that ended, exactly as ``SyncVectorEnv``
 does in that mode. Stable-Baselines3 expects this convention, so the adapter
 only renames ``final_obs`` to ``terminal_observation``.
 
-Stable-Baselines3 does not accept Gymnasium vector envs; :class:`SB3VecEnvAdapter`
-is its ``VecEnv`` over ours, with ``env_method("action_masks")`` for
-sb3-contrib's ``MaskablePPO``.
+Stable-Baselines3 does not accept Gymnasium vector envs;
+:class:`~ahm.agents.sb3_adapter.SB3VecEnvAdapter` is its ``VecEnv`` over ours, with
+``env_method("action_masks")`` for sb3-contrib's ``MaskablePPO`` (it lives with the
+agents, so this package never imports Stable-Baselines3).
 """
 
 from __future__ import annotations
@@ -34,12 +35,14 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from ahm.backbone import AHMModel
-from ahm.envs.memory_env import AHMMemoryConfig, EpisodeBatch, MemoryOpsSpace
+from ahm.envs.config import AHMMemoryConfig
+from ahm.envs.episode_batch import EpisodeBatch
 from ahm.envs.render import render_ansi, render_rgb
-from ahm.envs.spaces import ActionLayout
+from ahm.envs.spaces import ActionLayout, MemoryOpsSpace
 from ahm.rewards import RewardTerm, RewardWeights
 
 __all__ = ["AHMMemoryVectorEnv", "VectorStep", "noop_invalid_actions"]
+
 
 def noop_invalid_actions(actions: Any, masks: np.ndarray, nvec: np.ndarray) -> np.ndarray:
     """(n, 5) int64 actions with every in-range component value that ``masks`` marks invalid replaced by 0

@@ -18,13 +18,13 @@ from ahm.agents.benchmark import (
     access_image,
     benchmark_table,
     format_length,
-    main,
     mean_ci95,
     parse_length,
     run_benchmark,
     student_t_quantile,
 )
 from ahm.agents.evaluation import OP_NAMES, evaluate, evaluation_stream_seeds, make_eval_env
+from ahm.benchmark import main
 from ahm.envs.memory_env import AHMMemoryEnv
 
 torch.set_num_threads(1)

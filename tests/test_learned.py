@@ -22,6 +22,7 @@ from ahm.agents.learned import (
     TorchPolicyController,
     collect_demonstrations,
     env_spec_of,
+    fit_controller,
     load_controller,
     save_controller,
     train_controller,
@@ -350,8 +351,7 @@ def test_imitation_makes_a_new_policy_act_like_its_teacher() -> None:
     config = small_config("ppo", total_timesteps=0, imitate="update", imitation_steps=2048, imitation_epochs=10,
                       batch_size=64, policy_kwargs={"net_arch": [64, 64]})
     untrained = train_controller(dataclasses.replace(config, imitate="", total_timesteps=1))
-    model = train_controller(config)
-    stats = model.imitation_stats
+    model, stats = fit_controller(config)
     assert model.num_timesteps == 0 and stats["demonstrations"] == 2048
     assert stats["streams"] > 10 and 0 < stats["holdout_rows"] < 2048 / 3  # whole streams held out
     assert 1 <= stats["epochs"] <= 10  # the epoch of the lowest held-out loss
@@ -388,8 +388,8 @@ def test_dagger_demonstrations_follow_the_driver_and_carry_the_teachers_labels()
 def test_dagger_rounds_run_on_the_clones_own_states() -> None:
     config = small_config("ppo", total_timesteps=0, imitate="update", imitation_steps=512, imitation_epochs=2,
                           batch_size=64, dagger_rounds=2)
-    stats = train_controller(config).imitation_stats
-    plain = train_controller(dataclasses.replace(config, dagger_rounds=0)).imitation_stats
+    stats = fit_controller(config).imitation_stats
+    plain = fit_controller(dataclasses.replace(config, dagger_rounds=0)).imitation_stats
     assert stats["demonstrations"] == 3 * 512 and plain["demonstrations"] == 512  # two rounds' steps aggregated
     assert stats["teacher_accuracy"] == plain["teacher_accuracy"]  # the teacher's own, not the aggregate's
     assert 0.0 <= stats["dagger_1_policy_accuracy"] <= 1.0 and 0.0 <= stats["dagger_2_policy_accuracy"] <= 1.0
@@ -402,8 +402,8 @@ def test_dagger_rounds_run_on_the_clones_own_states() -> None:
 def test_imitation_is_logged_and_refused_where_it_cannot_apply(tmp_path) -> None:
     config = small_config("maskable_ppo", total_timesteps=64, imitate="update", imitation_steps=256,
                           imitation_epochs=1, tensorboard_log=str(tmp_path))
-    model = train_controller(config)
-    assert model.num_timesteps >= 64 and 0.0 <= model.imitation_stats["train_agreement"] <= 1.0
+    model, stats = fit_controller(config)
+    assert model.num_timesteps >= 64 and 0.0 <= stats["train_agreement"] <= 1.0
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     (run,) = glob.glob(str(tmp_path / "maskable_ppo_*"))

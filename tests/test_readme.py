@@ -9,10 +9,13 @@ from ahm.envs.registry import env_list_markdown
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
+def listed_envs(text: str) -> str:
+    """The markdown between the ``<!-- envs:begin -->`` and ``<!-- envs:end -->`` markers of a page."""
+    return text.split("<!-- envs:begin -->")[1].split("<!-- envs:end -->")[0].strip()
+
+
 def test_readme_lists_exactly_the_registered_envs():
-    text = README.read_text()
-    listed = text.split("<!-- envs:begin -->")[1].split("<!-- envs:end -->")[0].strip()
-    assert listed == env_list_markdown().strip()
+    assert listed_envs(README.read_text()) == env_list_markdown().strip()
 
 
 def test_readme_names_the_two_commands():

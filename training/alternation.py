@@ -6,13 +6,13 @@ For R rounds:
    trained on the task's streams with the current controller deciding the memory
    operations (round 0: the ``teacher``, by default the oracle, since no controller
    has been learned yet; later rounds: the learned controller);
-2. **controller phase** (RL, :func:`ahm.agents.learned.train_controller`): a frozen copy
+2. **controller phase** (RL, :func:`ahm.agents.learned.fit_controller`): a frozen copy
    of the model is the env's backbone and the controller is trained with PPO (or
    A2C / RecurrentPPO / MaskablePPO), continuing the previous round's model (round 0 with
    ``--imitate``: a new policy first copies a heuristic, then RL fine-tunes it).
 
 Each round ends with an atomic checkpoint in ``out_dir/round_<r>/``: ``backbone/`` (the
-AHM model incl. its memory projections and LTM codec, :func:`ahm.envs.save_ahm_checkpoint`)
+AHM model incl. its memory projections and LTM codec, :func:`ahm.backbone.checkpoint.save_ahm_checkpoint`)
 and ``controller/`` (:func:`ahm.agents.learned.save_controller`; with ``--imitate`` also
 ``controller_imitation/``, the policy after imitation and before RL), then ``state.json``
 (written last) names the completed round; ``--resume`` continues after it. The memory's
@@ -42,22 +42,26 @@ from ahm.agents.learned import (
     ALGORITHMS,
     ControllerTrainConfig,
     SB3Controller,
+    fit_controller,
     load_controller,
     save_controller,
-    train_controller,
 )
 from ahm.agents.policies import slot_policy_kwargs
 from ahm.backbone import AHMModel
-from ahm.backbone.checkpoint import atomic_write_bytes
+from ahm.backbone.checkpoint import atomic_write_bytes, load_ahm_checkpoint, save_ahm_checkpoint
 from ahm.envs import ENV_SPECS
-from ahm.envs.memory_env import load_ahm_checkpoint, save_ahm_checkpoint, shipped_backbone_path
-from ahm.training.supervised import TrainLMConfig, train
+from ahm.envs.memory_env import shipped_backbone_path
+from ahm.training.config import TrainLMConfig, int_tuple, str_tuple
+from ahm.training.supervised import train
 
 __all__ = ["TrainRLConfig", "run_alternation"]
 
 STATE = "state.json"
 IMITATION = "controller_imitation"
 """With --imitate: round 0's controller after imitation, before RL."""
+STREAM_SEED_STRIDE = 1_000_003
+"""The controller phase's training streams of run seed s are s * STREAM_SEED_STRIDE + i (i < --train-streams): with
+fewer streams than this (prime) stride, runs with different --seed values never share a stream."""
 
 
 @dataclass
@@ -76,15 +80,15 @@ class TrainRLConfig:
     ahm.agents.heuristics.TeacherController), 'oracle', or another heuristic."""
     lm_steps: int = 20
     """Supervised steps per backbone phase."""
-    lm_lengths: str = "1024,2048,4096"
-    """Sequence lengths of the backbone phase (mixed)."""
+    lm_lengths: tuple[int, ...] = (1024, 2048, 4096)
+    """Sequence lengths of the backbone phase (mixed), comma-separated (K = 1024)."""
     lm_lr: float = 1e-3
     """Peak learning rate of each backbone phase."""
     algo: str = "ppo"
     """RL algorithm: ppo, a2c, recurrent_ppo, maskable_ppo."""
     rl_timesteps: int = 16_384
     """Env steps (chunks) per controller phase (0 with --imitate: the first phase only imitates)."""
-    net_arch: str = "64,64"
+    net_arch: tuple[int, ...] = (64, 64)
     """Hidden layer widths of the new policy's actor and critic MLPs (SB3's default 64,64); with --features slots,
     its first width is the global MLP's (two layers) and the head is linear."""
     features: str = "flat"
@@ -127,12 +131,12 @@ class TrainRLConfig:
     """LTM entries of the controller phase's training env (0: the env's default, 512); the benchmark always uses
     the default. A smaller one makes the policy meet a full LTM on shorter (cheaper) episodes: a policy that keeps
     a fact with M entries over L tokens by moving few entries to the LTM keeps it with 4 M entries over 4 L."""
-    eval_lengths: str = "16K,100K"
-    """Benchmark lengths (K = 1024)."""
+    eval_lengths: tuple[int, ...] = (16 * 1024, 100 * 1024)
+    """Benchmark lengths, comma-separated (K = 1024: 16K,100K)."""
     eval_seeds: int = 3
     """Benchmark seeds (the confidence interval is over them)."""
-    eval_controllers: str = ",".join(c for c in CONTROLLER_NAMES)
-    """Heuristics the learned controller is compared with."""
+    eval_controllers: tuple[str, ...] = tuple(CONTROLLER_NAMES)
+    """Heuristics the learned controller is compared with, comma-separated."""
     seed: int = 0
     """Seed of everything (backbone phases, PPO, env streams)."""
     threads: int = 1
@@ -162,12 +166,15 @@ class TrainRLConfig:
         bad_dagger = not isinstance(self.dagger_rounds, int) or self.dagger_rounds < 0
         if bad_dagger or (self.dagger_rounds and not self.imitate):
             raise ValueError(f"--dagger-rounds must be an int >= 0 and needs --imitate, got {self.dagger_rounds!r}")
+        # Sequence fields: typed tuples (a comma-separated str or a list, as earlier versions took, is converted).
         try:
-            widths = _widths(self.net_arch)
-        except ValueError:
-            widths = []
-        if not widths or min(widths) < 1:
-            raise ValueError(f"--net-arch must be comma-separated positive widths like 64,64, got {self.net_arch!r}")
+            self.net_arch = int_tuple(self.net_arch, "net-arch")
+        except ValueError as err:
+            raise ValueError(f"--net-arch must be comma-separated positive widths like 64,64, got {self.net_arch!r}"
+                             ) from err
+        self.lm_lengths = int_tuple(self.lm_lengths, "lm-lengths")
+        self.eval_lengths = int_tuple(self.eval_lengths, "eval-lengths")
+        self.eval_controllers = str_tuple(self.eval_controllers)
         if self.features not in ("flat", "slots"):
             raise ValueError(f"--features must be 'flat' or 'slots', got {self.features!r}")
         if self.features == "slots" and ALGORITHMS[self.algo].recurrent:
@@ -209,18 +216,14 @@ def _lm_config(rl: TrainRLConfig, round_dir: Path, model: AHMModel | None) -> Tr
                      key_dim=c.key_dim, value_dim=c.value_dim or 0, ltm_capacity=c.ltm_capacity,
                      ltm_codec=c.ltm_codec, integration=c.integration, chunk_size=c.chunk_size)
     return TrainLMConfig(source="tasks", tasks=rl.task, lengths=rl.lm_lengths, curriculum="mixed",
-                         controller=rl.teacher, window=max(int(x) for x in rl.lm_lengths.split(",")),
+                         controller=rl.teacher, window=max(rl.lm_lengths),
                          wm_slots=rl.wm_slots, lr=rl.lm_lr, lm_weight=0.2, max_steps=max(rl.lm_steps, 1),
                          seed=rl.seed, threads=rl.threads, out_dir=str(round_dir / "lm"), checkpoint_every=10**9,
                          progress=rl.progress, **shape)
 
 
-def _widths(net_arch: str) -> list[int]:
-    return [int(w) for w in net_arch.split(",") if w.strip()]
-
-
 def _policy_kwargs(cfg: TrainRLConfig) -> dict[str, Any]:
-    widths = _widths(cfg.net_arch)
+    widths = list(cfg.net_arch)
     if cfg.features == "slots":
         return slot_policy_kwargs(hidden=widths[0])
     return {"net_arch": widths}
@@ -265,7 +268,7 @@ def run_alternation(cfg: TrainRLConfig, log: Callable[[str], None] = print) -> d
         t1 = time.perf_counter()
         # ---- controller phase: RL on the env with the backbone frozen
         frozen = copy.deepcopy(model).eval().requires_grad_(False)
-        streams = [cfg.seed * 1_000_003 + i for i in range(cfg.train_streams)]
+        streams = [cfg.seed * STREAM_SEED_STRIDE + i for i in range(cfg.train_streams)]
         env_kwargs = {"backbone": frozen, "seq_len": cfg.seq_len, "chunk_size": cfg.chunk_size,
                       "wm_slots": cfg.wm_slots, "stream_seeds": streams}
         if cfg.rl_ltm_capacity:
@@ -274,7 +277,8 @@ def run_alternation(cfg: TrainRLConfig, log: Callable[[str], None] = print) -> d
             algo=cfg.algo, env_id=cfg.env_id, num_envs=cfg.num_envs, total_timesteps=cfg.rl_timesteps,
             n_steps=cfg.n_steps, batch_size=min(256, cfg.n_steps * cfg.num_envs), learning_rate=cfg.rl_lr,
             gamma=cfg.gamma, gae_lambda=cfg.gae_lambda,
-            seed=cfg.seed + r, tensorboard_log=str(out / "tb"), forget_prior=cfg.forget_prior,
+            seed=cfg.seed + r,  # each round's RL draws fresh rollouts (the streams stay the same)
+            tensorboard_log=str(out / "tb"), forget_prior=cfg.forget_prior,
             imitate=cfg.imitate if sb3_model is None else "", imitation_steps=cfg.imitation_steps,
             imitation_epochs=cfg.imitation_epochs, imitation_lr=cfg.imitation_lr, dagger_rounds=cfg.dagger_rounds,
             env_kwargs=env_kwargs,
@@ -283,9 +287,10 @@ def run_alternation(cfg: TrainRLConfig, log: Callable[[str], None] = print) -> d
         spec = {"env_id": cfg.env_id, "env_kwargs": {**trained_on, "backbone": str(round_dir / "backbone")}}
         reuse_env = None
         if rl_cfg.imitate:  # imitation first, kept on its own (the benchmark scores it too), then RL continues it
-            sb3_model = train_controller(dataclasses.replace(rl_cfg, total_timesteps=0))
+            fit = fit_controller(dataclasses.replace(rl_cfg, total_timesteps=0))
+            sb3_model, st = fit.model, fit.imitation_stats
+            assert st is not None  # config.imitate: fit_controller returns the imitation's statistics
             reuse_env = sb3_model.get_env().venv  # the adapter over the env whose stream features are cached
-            st = sb3_model.imitation_stats
             log(f"round {r} imitation of {cfg.imitate!r}: {int(st['demonstrations'])} steps (teacher accuracy "
                 f"{st['teacher_accuracy']:.3f}), agreement on held-out streams "
                 f"{st.get('holdout_agreement', float('nan')):.3f} after {int(st['epochs'])} epochs"
@@ -293,7 +298,7 @@ def run_alternation(cfg: TrainRLConfig, log: Callable[[str], None] = print) -> d
                           for d in range(1, cfg.dagger_rounds + 1)))
             save_controller(round_dir / IMITATION, sb3_model, spec)
         if rl_cfg.total_timesteps:
-            sb3_model = train_controller(dataclasses.replace(rl_cfg, imitate=""), model=sb3_model, env=reuse_env)
+            sb3_model = fit_controller(dataclasses.replace(rl_cfg, imitate=""), model=sb3_model, env=reuse_env).model
         t2 = time.perf_counter()
         # ---- checkpoint: backbone and controller, then the state that names the round (atomic, last)
         save_ahm_checkpoint(round_dir / "backbone", model, extra={"round": r, "train_rl_config": asdict(cfg)})
@@ -307,8 +312,8 @@ def run_alternation(cfg: TrainRLConfig, log: Callable[[str], None] = print) -> d
     learned = [load_controller(final / "controller", name=label)]
     if cfg.imitate and cfg.rl_timesteps and (out / "round_0" / IMITATION).exists():
         learned.append(load_controller(out / "round_0" / IMITATION, name=f"{cfg.algo} (imitation only)"))
-    bench = BenchmarkConfig(tasks=cfg.env_id, lengths=cfg.eval_lengths,
-                            controllers=[*learned, *[c.strip() for c in cfg.eval_controllers.split(",") if c.strip()]],
+    bench = BenchmarkConfig(tasks=(cfg.env_id,), lengths=cfg.eval_lengths,
+                            controllers=[*learned, *cfg.eval_controllers],
                             seeds=cfg.eval_seeds, chunk_size=cfg.chunk_size, backbone=str(final / "backbone"),
                             out_dir=str(out / "benchmark"), threads=cfg.threads)
     rows = run_benchmark(bench, log=None)

@@ -19,18 +19,21 @@ code from the checkpoint.
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 
 from ahm.backbone import AHMModel
-from ahm.backbone.checkpoint import atomic_save_tensors, atomic_write_bytes
-from ahm.envs.memory_env import load_ahm_checkpoint, save_ahm_checkpoint
+from ahm.backbone.checkpoint import (
+    atomic_save_tensors,
+    load_ahm_checkpoint,
+    read_bundle_meta,
+    read_tensors,
+    save_ahm_checkpoint,
+    write_bundle_meta,
+)
 
 __all__ = ["TRAINER_STATE", "save_training_checkpoint", "load_training_checkpoint", "has_training_checkpoint",
            "current_model_dir"]
@@ -69,9 +72,8 @@ def save_training_checkpoint(directory: str | Path, model: AHMModel, optimizer: 
             else:
                 scalars.setdefault(str(index), {})[key] = value
     atomic_save_tensors(folder / OPTIMIZER, tensors)
-    meta = {"format": _FORMAT, "version": _VERSION, "checkpoint": name, "param_groups": opt["param_groups"],
-            "optimizer_scalars": scalars, "state": state}
-    atomic_write_bytes(directory / TRAINER_STATE, json.dumps(meta, indent=1).encode())
+    write_bundle_meta(directory / TRAINER_STATE, _FORMAT, _VERSION, {
+        "checkpoint": name, "param_groups": opt["param_groups"], "optimizer_scalars": scalars, "state": state})
     for old in directory.glob("step_*"):
         if old.name != name and old.is_dir():
             shutil.rmtree(old, ignore_errors=True)
@@ -83,14 +85,14 @@ def _read_meta(directory: Path) -> dict[str, Any]:
     if not (directory / TRAINER_STATE).is_file():
         raise FileNotFoundError(f"no training checkpoint in {where} (no {TRAINER_STATE}); start without --resume")
     try:
-        meta = json.loads((directory / TRAINER_STATE).read_text())
-        if meta.get("format") != _FORMAT or meta.get("version") != _VERSION:
-            raise ValueError(f"format {meta.get('format')!r} version {meta.get('version')!r}")
+        meta = read_bundle_meta(directory / TRAINER_STATE, _FORMAT, _VERSION, f"training checkpoint {where}",
+                                "a training checkpoint", "start without --resume")
         if not str(meta["checkpoint"]).startswith("step_") or "/" in meta["checkpoint"]:
             raise ValueError(f"bad checkpoint folder name {meta['checkpoint']!r}")
         meta["state"]["step"]
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError, UnicodeDecodeError) as err:
-        raise ValueError(f"training checkpoint {where}: {TRAINER_STATE} is corrupted ({err})") from err
+    except (KeyError, TypeError, ValueError) as err:  # "is corrupted": the words train_lm.py's users look for
+        reason = err.__cause__ or err  # read_bundle_meta's own reason (bad JSON, another format), not its wording
+        raise ValueError(f"training checkpoint {where}: {TRAINER_STATE} is corrupted ({reason})") from err
     return meta
 
 
@@ -115,12 +117,7 @@ def load_training_checkpoint(directory: str | Path, model: AHMModel,
     with torch.no_grad():
         model.load_state_dict(saved.state_dict())
     if optimizer is not None:
-        try:
-            tensors = load_file(str(folder / OPTIMIZER))
-        except FileNotFoundError as err:
-            raise FileNotFoundError(f"training checkpoint {where} has no {OPTIMIZER}") from err
-        except (SafetensorError, OSError, RuntimeError) as err:
-            raise ValueError(f"training checkpoint {where}: {OPTIMIZER} is corrupted ({err})") from err
+        tensors = read_tensors(folder / OPTIMIZER, f"training checkpoint {where}", "start without --resume")
         per_param: dict[int, dict[str, Any]] = {}
         for key, value in tensors.items():
             index, name = key.split(".", 1)

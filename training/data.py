@@ -6,7 +6,7 @@ memory carried across them) and then into chunks. Task batches also carry the
 per-chunk answer targets (a query's first answer token at the chunk where its cue
 ends, as the environment scores it) and the stream seeds, so the memory operations
 of any controller, the oracle included, can be computed on the same episodes by the
-environment (:func:`ahm.training.supervised.controller_actions`).
+environment (:func:`ahm.agents.rollout.controller_actions`).
 
 All randomness comes from the numpy ``Generator`` passed in, whose state the
 training checkpoint stores: a resumed run draws the same batches.

@@ -1,0 +1,67 @@
+"""``AHMMemoryConfig``: every argument of the ``AHMMemory`` environments, checked once, in one frozen dataclass.
+
+:class:`~ahm.envs.memory_env.AHMMemoryEnv` and
+:class:`~ahm.envs.vector_env.AHMMemoryVectorEnv` build one from their keyword
+arguments and hand it to :class:`~ahm.envs.episode_batch.EpisodeBatch`; the
+arguments are documented in the env's docstring ("Arguments").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ahm.backbone import AHMModel
+from ahm.rewards import RewardTerm, RewardWeights
+
+__all__ = ["AHMMemoryConfig"]
+
+
+@dataclass(frozen=True)
+class AHMMemoryConfig:
+    """Every argument of :class:`AHMMemoryEnv` (and of the vector env); see the env's docstring."""
+
+    task: str = "passkey"
+    seq_len: int = 100_000
+    chunk_size: int = 256
+    wm_slots: int = 8
+    ltm_capacity: int = 512
+    ltm_codec: str | None = None
+    integration: str | None = None
+    backbone: AHMModel | str | Path | None = None
+    reward_weights: RewardWeights | Mapping[str, float] | None = None
+    extra_reward_terms: tuple[RewardTerm, ...] = ()
+    task_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    max_steps: int | None = None
+    feature_cache_size: int = 1
+    stream_seeds: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("seq_len", "chunk_size", "wm_slots", "ltm_capacity"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.max_steps is not None and (not isinstance(self.max_steps, (int, np.integer)) or self.max_steps < 1):
+            raise ValueError(f"max_steps must be None or a positive int, got {self.max_steps!r}")
+        if not isinstance(self.feature_cache_size, int) or self.feature_cache_size < 0:
+            raise ValueError(f"feature_cache_size must be an int >= 0, got {self.feature_cache_size!r}")
+        if not isinstance(self.task_kwargs, Mapping):
+            raise ValueError(f"task_kwargs must be a mapping, got {type(self.task_kwargs).__name__}")
+        object.__setattr__(self, "extra_reward_terms", tuple(self.extra_reward_terms))
+        if self.stream_seeds is not None:
+            seeds = tuple(int(s) for s in self.stream_seeds)
+            if not seeds or min(seeds) < 0:
+                raise ValueError(f"stream_seeds must be None or a non-empty sequence of ints >= 0, got "
+                                 f"{self.stream_seeds!r}")
+            object.__setattr__(self, "stream_seeds", seeds)
+
+    def draw_stream_seed(self, rng: np.random.Generator) -> int:
+        """The stream seed of a new episode, from the env's ``np_random`` (so ``reset(seed=s)`` fixes it):
+        uniform over ``stream_seeds`` if given, else any seed in [0, 2**63 - 1)."""
+        if self.stream_seeds is not None:
+            return self.stream_seeds[int(rng.integers(len(self.stream_seeds)))]
+        return int(rng.integers(0, 2**63 - 1))
