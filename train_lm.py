@@ -15,7 +15,8 @@ import json
 import sys
 
 from ahm.cli import parse_config
-from ahm.training.supervised import TrainLMConfig, TrainResult, train
+from ahm.training.config import TrainLMConfig
+from ahm.training.supervised import TrainResult, train
 
 
 def main(argv: list[str] | None = None) -> TrainResult:

@@ -46,7 +46,8 @@ from torch import Tensor
 
 from ahm.agents.base import Controller
 from ahm.backbone import AHMModel, MemoryObservation, MemoryOps
-from ahm.envs.memory_env import AHMMemoryConfig, EpisodeBatch
+from ahm.envs.config import AHMMemoryConfig
+from ahm.envs.episode_batch import EpisodeBatch
 from ahm.envs.spaces import ActionLayout, observation_arrays
 from ahm.envs.vector_env import AHMMemoryVectorEnv
 

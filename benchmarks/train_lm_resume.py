@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
+from ahm.backbone.checkpoint import load_ahm_checkpoint
 from ahm.cli import parse_config
-from ahm.envs.memory_env import load_ahm_checkpoint
 from ahm.training.checkpoint import current_model_dir
 
 REPO = Path(__file__).resolve().parents[1]

@@ -38,19 +38,14 @@ import torch
 
 from ahm.agents import CONTROLLER_NAMES, HEURISTICS, Controller, make_controller
 from ahm.agents.benchmark import BenchmarkConfig, benchmark_table, run_benchmark
-from ahm.agents.learned import (
-    ALGORITHMS,
-    ControllerTrainConfig,
-    SB3Controller,
-    fit_controller,
-    load_controller,
-    save_controller,
-)
+from ahm.agents.controller_checkpoint import load_controller, save_controller
+from ahm.agents.learned import ControllerTrainConfig, fit_controller
 from ahm.agents.policies import slot_policy_kwargs
+from ahm.agents.sb3_controllers import ALGORITHMS, SB3Controller
 from ahm.backbone import AHMModel
 from ahm.backbone.checkpoint import atomic_write_bytes, load_ahm_checkpoint, save_ahm_checkpoint
 from ahm.envs import ENV_SPECS
-from ahm.envs.memory_env import shipped_backbone_path
+from ahm.envs.default_backbones import shipped_backbone_path
 from ahm.training.config import TrainLMConfig, int_tuple, str_tuple
 from ahm.training.supervised import train
 
