@@ -51,6 +51,9 @@ OBSERVATION_KEYS = ("ssm_features", "wm_occupied", "wm_age", "wm_uses", "wm_simi
 _FIXED_VALUES = 2 + 4 + 4
 """Values of the three components whose size does not depend on K (evict_to_ltm, retrieve, ltm_forget)."""
 
+_VALUE_SHIFT = np.array([1, 0, 0, 1, 0], dtype=np.int64)
+"""Action value minus :class:`MemoryOps` field, per component: the slot components use 0 for "none" (field -1)."""
+
 
 @dataclass(frozen=True)
 class ActionLayout:
@@ -159,20 +162,18 @@ class ActionLayout:
         """The :class:`MemoryOps` of (b, 5) integer actions (slot components shift by one: 0 means none)."""
         a = torch.as_tensor(np.asarray(actions) if not isinstance(actions, Tensor) else actions,
                             dtype=torch.int64, device=device)
-        return MemoryOps(a[:, 0] - 1, a[:, 1], a[:, 2], a[:, 3] - 1, a[:, 4])
+        return MemoryOps(*(a - torch.as_tensor(_VALUE_SHIFT, device=a.device)).T)
 
     @staticmethod
     def to_op_arrays(actions: np.ndarray) -> MemoryOps:
         """:meth:`to_ops` without torch: the :class:`MemoryOps` fields of (b, 5) actions as numpy int64 (b,) arrays
         (what the compiled memory step takes)."""
-        a = np.asarray(actions, dtype=np.int64)
-        return MemoryOps(a[:, 0] - 1, a[:, 1], a[:, 2], a[:, 3] - 1, a[:, 4])
+        return MemoryOps(*(np.asarray(actions, dtype=np.int64) - _VALUE_SHIFT).T)
 
     @staticmethod
     def from_ops(ops: MemoryOps) -> np.ndarray:
         """(b, 5) int64 actions of :class:`MemoryOps` (the inverse of :meth:`to_ops`)."""
-        shift = np.array([1, 0, 0, 1, 0], dtype=np.int64)
-        return np.stack([t.detach().cpu().numpy().astype(np.int64) for t in ops], axis=1) + shift
+        return np.stack([t.detach().cpu().numpy().astype(np.int64) for t in ops], axis=1) + _VALUE_SHIFT
 
 
 def action_nvec(wm_slots: int) -> np.ndarray:
