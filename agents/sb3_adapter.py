@@ -35,10 +35,10 @@ class SB3VecEnvAdapter(VecEnv):
         info_keys: keys of each step's info to pass on (None: all). Building n Python
             dicts per step costs about a microsecond per key and sub-env, so training
             loops that log few keys pass e.g. ``("is_success", "reward_terms")``.
-        invalid_actions: ``"raise"`` (the env raises on an action value its mask marks
-            invalid) or ``"noop"``: before each step, every invalid component value is
-            replaced by that component's no-op 0 (:meth:`ActionLayout.noop_invalid`), for
-            algorithms that cannot mask (plain PPO / A2C). The env itself always raises.
+        invalid_actions: ``"raise"``: an action value its mask marks invalid raises the env's ValueError
+            (its ``invalid_actions="raise"`` check), whatever the env's own mode; or ``"noop"``: before
+            each step, every invalid component value is replaced by that component's no-op 0
+            (:meth:`ActionLayout.noop_invalid`), for algorithms that cannot mask (plain PPO / A2C).
 
     Example::
 
@@ -86,6 +86,8 @@ class SB3VecEnvAdapter(VecEnv):
         actions = self._actions
         if self.invalid_actions == "noop":
             actions = self.layout.noop_invalid(actions, self.env.action_masks())
+        else:  # refuse before anything steps, with the env's own messages
+            self.env.episodes.check_actions(actions, invalid_actions="raise")
         s = self.env.step_arrays(actions)
         done = s.terminated | s.truncated
         infos = _rows_of(self._select({k: v for k, v in s.info.items() if k != "is_success"}), self.num_envs)

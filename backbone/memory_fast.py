@@ -160,6 +160,12 @@ class MemoryFastPath:
         self._ltm_src: tuple[torch.Tensor, ...] = ()
         self._unit_scales: dict[tuple[int, int], np.ndarray] = {}
 
+    def __getstate__(self) -> dict:
+        """For pickle and ``copy.deepcopy``: without the numpy views of the memory's tensors. A copy would turn each
+        view into an array of its own, which the copied memory's in-place writes (a reset emptying the LTM) never
+        reach; the views are made again from the copied tensors on first use."""
+        return {**self.__dict__, "_wm_src": (), "_ltm_src": ()}
+
     # ---------------------------------------------------------------- views
     def _wm_views(self, write: bool = True) -> tuple[np.ndarray, ...]:
         """Views of the WM tensors; ``write=False`` only reads, so it leaves tensors that carry a graph in place."""

@@ -18,7 +18,19 @@ import numpy as np
 from ahm.backbone import AHMModel
 from ahm.rewards import RewardTerm, RewardWeights
 
-__all__ = ["AHMMemoryConfig"]
+__all__ = ["AHMMemoryConfig", "INVALID_ACTION_MODES", "INVALID_ACTION_PENALTY"]
+
+INVALID_ACTION_MODES = ("noop", "penalty", "raise")
+"""What a step does with an action component the current mask marks invalid (retrieving from an empty level,
+forgetting an empty slot, an LTM forget on an empty LTM): ``"noop"`` runs that component's no-op 0 and counts it in
+``info["memory"]["invalid_noops"]``; ``"penalty"`` does the same and adds :data:`INVALID_ACTION_PENALTY` per
+invalid component to the reward (the ``invalid_action`` term of ``info["reward_terms"]``); ``"raise"`` raises a
+``ValueError`` naming the component (the strict mode). Values outside the action space raise in every mode."""
+
+INVALID_ACTION_PENALTY = -0.1
+"""Reward per masked-invalid action component in ``invalid_actions="penalty"`` mode: a tenth of a whole
+episode's task outcome (the ``task_outcome`` term sums to the episode's accuracy, at most 1), so a policy that keeps
+sending invalid operations pays for it in a few steps."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +51,7 @@ class AHMMemoryConfig:
     max_steps: int | None = None
     feature_cache_size: int = 1
     stream_seeds: tuple[int, ...] | None = None
+    invalid_actions: str = "noop"
 
     def __post_init__(self) -> None:
         for name in ("seq_len", "chunk_size", "wm_slots", "ltm_capacity"):
@@ -51,6 +64,8 @@ class AHMMemoryConfig:
             raise ValueError(f"feature_cache_size must be an int >= 0, got {self.feature_cache_size!r}")
         if not isinstance(self.task_kwargs, Mapping):
             raise ValueError(f"task_kwargs must be a mapping, got {type(self.task_kwargs).__name__}")
+        if self.invalid_actions not in INVALID_ACTION_MODES:
+            raise ValueError(f"invalid_actions must be one of {INVALID_ACTION_MODES}, got {self.invalid_actions!r}")
         object.__setattr__(self, "extra_reward_terms", tuple(self.extra_reward_terms))
         if self.stream_seeds is not None:
             seeds = tuple(int(s) for s in self.stream_seeds)

@@ -59,26 +59,32 @@ from ahm.backbone import (
     MemoryReadout,
 )
 from ahm.backbone.mamba import LayerState, MambaState
-from ahm.envs.config import AHMMemoryConfig
+from ahm.envs.config import INVALID_ACTION_PENALTY, AHMMemoryConfig
 from ahm.envs.default_backbones import keep_torch_threads, resolve_backbone
 from ahm.envs.episode_scoring import Annotations, EntryOrigins, score_answers, usefulness
 from ahm.envs.spaces import (  # noqa: F401  (OBSERVATION_KEYS re-exported: the keys of what observe() returns)
     ACTION_COMPONENTS,
     OBSERVATION_KEYS,
     ActionLayout,
+    CheckedActions,
+    fast_observation_arrays,
     observation_arrays,
     observation_space,
 )
 from ahm.envs.streams import TaskStream, make_task
-from ahm.rewards import RewardFunction, StepContext
+from ahm.rewards import RewardBreakdown, RewardFunction, StepContext
 
 if TYPE_CHECKING:
     from ahm.backbone.memory_fast import MemoryFastPath
 
-__all__ = ["EpisodeBatch", "EpisodeFeatures", "StepResult", "OP_COUNTERS"]
+__all__ = ["EpisodeBatch", "EpisodeFeatures", "StepResult", "OP_COUNTERS", "INVALID_ACTION_TERM"]
 
 OP_COUNTERS = ("writes", "moves_to_ltm", "drops", "retrievals_wm", "retrievals_ltm", "forgets_wm", "forgets_ltm")
 """Per-episode operation counts in ``info["memory"]``: a drop is a displaced WM entry that was not moved to LTM."""
+
+INVALID_ACTION_TERM = "invalid_action"
+"""The reward term of ``invalid_actions="penalty"`` in ``info["reward_terms"]``: raw value the number of this step's
+masked-invalid components, weight :data:`~ahm.envs.config.INVALID_ACTION_PENALTY`."""
 
 
 # ====================================================================== the episode machinery
@@ -179,7 +185,6 @@ class EpisodeBatch:
         self.layout = ActionLayout(k)
         """The action layout (:class:`~ahm.envs.spaces.ActionLayout`) for K = ``wm_slots``."""
         self.nvec = self.layout.nvec
-        self._mask_offsets = self.layout.offsets  # kept: check_actions indexes masks with it every step
         self.observation_space = observation_space(self.feature_dim, k, mc.obs_topk)
         self._inv_temperature = model.log_inv_temperature.detach().exp()
         self._read_k = mc.ltm_read_k
@@ -208,14 +213,33 @@ class EpisodeBatch:
         """Rows inside an episode (reset, not yet terminated or truncated)."""
         self._origins = EntryOrigins(b, k, config.ltm_capacity)
         self._op_counts = np.zeros((b, len(OP_COUNTERS)), dtype=np.int64)
+        self._invalid_noops = np.zeros(b, dtype=np.int64)
+        self._no_invalid = np.zeros((b, len(ACTION_COMPONENTS)), dtype=bool)
         self._answered = np.zeros(b, dtype=np.int64)
         self._correct = np.zeros(b, dtype=np.int64)
-        self._terms_zero = {name: np.zeros(b) for name in self.reward_fn.names}
+        self._penalise_invalid = config.invalid_actions == "penalty"
+        term_names = [*self.reward_fn.names, *([INVALID_ACTION_TERM] if self._penalise_invalid else [])]
+        self._terms_zero = {name: np.zeros(b) for name in term_names}
         self.history: list[list[dict[str, np.ndarray]]] = [[] for _ in range(b)]
         self.last_action = np.zeros((b, len(ACTION_COMPONENTS)), dtype=np.int64)
         self.last_reward = np.zeros(b)
         self.observation: dict[str, np.ndarray] = {}
         self.masks = np.zeros((b, self.layout.mask_width), dtype=bool)
+
+    # ---------------------------------------------------------------- copies
+    def __getstate__(self) -> dict[str, Any]:
+        """The state for pickle and ``copy.deepcopy``, without the numpy views of torch storage.
+
+        ``_features_np`` are views of ``_features`` (``Tensor.numpy()`` shares memory), and the memory's
+        fast path keeps views of the memory's tensors. A copy turns every view into an array of its own, so
+        the copy's torch writes (a reset writes the features and empties the LTM in place) would no longer
+        reach what the compiled step reads: a copied env kept stale LTM entries after ``reset(seed)``. The
+        features' views are dropped here and made again on first use; the memory's fast path drops its own
+        (``MemoryFastPath.__getstate__``).
+        """
+        state = self.__dict__.copy()
+        state["_features_np"] = None
+        return state
 
     # ---------------------------------------------------------------- episodes
     def _episodes(self, seeds: Sequence[int]) -> list[_Episode]:
@@ -288,6 +312,7 @@ class EpisodeBatch:
         self.t[rows], self.steps[rows], self.active[rows] = 0, 0, True
         self._origins.reset(rows)
         self._op_counts[rows], self._answered[rows], self._correct[rows] = 0, 0, 0
+        self._invalid_noops[rows] = 0
         self.last_action[rows], self.last_reward[rows] = 0, 0.0
         if self.integration == "state":
             self._backbone_state = _zero_rows(self._backbone_state, which)
@@ -351,23 +376,8 @@ class EpisodeBatch:
         self._hits = o.hit_indices[:, : self._read_k]
         self.masks = o.masks
         self._wm_occupied = o.wm_occupied
-        n, one = np.float32(self.n_chunks), np.float32(1.0)
-        uses = o.wm_uses.astype(np.float32)
-        topk = o.hit_scores[:, : c.obs_topk]
-        # As observation_arrays(model.observe(...)) computes them (tests/test_memory_fast.py compares the two).
-        self.observation = {
-            "ssm_features": np.tanh(now.ssm_features),
-            "wm_occupied": o.wm_occupied.astype(np.float32),
-            "wm_age": np.minimum(o.wm_age.astype(np.float32) / n, one),
-            "wm_uses": uses / (one + uses),
-            "wm_similarity": np.clip(o.wm_similarity, -1.0, 1.0),
-            "wm_key_similarity": np.clip(o.wm_key_similarity, -1.0, 1.0),
-            "ltm_fill": np.clip(o.ltm_count.astype(np.float32) / np.float32(path.capacity), 0.0, 1.0)[:, None],
-            "ltm_topk_similarity": np.clip(np.where(np.isinf(topk), np.float32(0.0), topk), -1.0, 1.0),
-            "ltm_key_similarity": np.clip(np.where(np.isinf(o.key_score), np.float32(0.0), o.key_score),
-                                          -1.0, 1.0)[:, None],
-            "progress": np.minimum((self.t + 1) / n, 1.0).astype(np.float32)[:, None],
-        }
+        self.observation = fast_observation_arrays(o, now.ssm_features, self.t, self.n_chunks, path.capacity,
+                                                   c.obs_topk)
         return self.observation
 
     @torch.no_grad()
@@ -382,59 +392,29 @@ class EpisodeBatch:
         return self.observation
 
     # ---------------------------------------------------------------- actions
-    def check_actions(self, actions: Any) -> np.ndarray:
-        """``actions`` (b, 5) as int64, or a ValueError naming the component, the value and why it is invalid."""
-        a = np.asarray(actions)
-        if a.shape != (self.batch, len(ACTION_COMPONENTS)):
-            raise ValueError(f"an action must be 5 integers {ACTION_COMPONENTS} per environment, shape "
-                             f"{(self.batch, 5) if self.batch > 1 else (5,)}; got shape {a.shape}")
-        if not np.issubdtype(a.dtype, np.integer):
-            if not (np.issubdtype(a.dtype, np.floating) and np.all(a == np.round(a))):
-                raise ValueError(f"actions must be integers (MultiDiscrete), got dtype {a.dtype} values {a.tolist()}")
-        a = a.astype(np.int64)
-        # All components at once; the loop below runs only to name the first invalid one.
-        if ((a >= 0) & (a < self.nvec)).all() and self.masks[self._rows[:, None], self._mask_offsets + a].all():
-            return a
-        for j, name in enumerate(ACTION_COMPONENTS):
-            bad = (a[:, j] < 0) | (a[:, j] >= self.nvec[j])
-            if bad.any():
-                r = int(np.nonzero(bad)[0][0])
-                raise ValueError(f"action component {j} ({name}) = {a[r, j]}{self._where(r)} is outside the action "
-                                 f"space [0, {self.nvec[j]})")
-            ok = self.masks[self._rows, self._mask_offsets[j] + a[:, j]]
-            if not ok.all():
-                r = int(np.nonzero(~ok)[0][0])
-                valid = np.nonzero(self.layout.split_mask(self.masks[r])[j])[0]
-                raise ValueError(f"action component {j} ({name}) = {a[r, j]}{self._where(r)} is invalid now: "
-                                 f"{self._why(name, int(a[r, j]))}; valid values now are {valid.tolist()}. "
-                                 "Mask actions with env.action_masks() (MaskablePPO does this).")
-        return a
+    def check_actions(self, actions: Any, invalid_actions: str | None = None) -> CheckedActions:
+        """``actions`` (b, 5) checked against the current masks (:meth:`ActionLayout.check`): masked-invalid
+        components become no-ops, or raise in ``"raise"`` mode (default: the config's ``invalid_actions``)."""
+        mode = self.config.invalid_actions if invalid_actions is None else invalid_actions
+        return self.layout.check(actions, self.masks, mode)
 
     def mask_tuple(self, row: int) -> tuple[np.ndarray, ...]:
         """Row ``row``'s mask split per action component, as int8 arrays (for ``MultiDiscrete.sample``)."""
         return tuple(self.layout.split_mask(self.masks[row].astype(np.int8)))
 
-    def _where(self, row: int) -> str:
-        return f" (environment {row})" if self.batch > 1 else ""
-
-    @staticmethod
-    def _why(component: str, value: int) -> str:
-        """Why ``value`` of the masked ``component`` is invalid now (retrieve, forget_slot or ltm_forget)."""
-        if component == "retrieve":
-            return {RETRIEVE_WM: "the working memory is empty", RETRIEVE_LTM: "the long-term memory is empty",
-                    RETRIEVE_BOTH: "the working or the long-term memory is empty"}[value]
-        if component == "forget_slot":
-            return f"working-memory slot {value - 1} is empty"
-        return "the long-term memory is empty"
-
     # ---------------------------------------------------------------- stepping
     @torch.no_grad()
-    def step(self, actions: Any) -> StepResult:
-        """Apply one chunk's operations in every row, score, reward, and observe the next chunk."""
-        if not self.active.all():
-            raise RuntimeError(f"episodes {np.nonzero(~self.active)[0].tolist()} are over (terminated or truncated) "
+    def step(self, actions: Any, finished: np.ndarray | None = None) -> StepResult:
+        """Apply one chunk's operations in every row, score, reward, and observe the next chunk.
+
+        ``finished`` (b,) bool marks rows whose episode is over and that the caller resets right after this
+        step (NEXT_STEP autoreset): they step too, and their results are the caller's to discard.
+        """
+        over = ~self.active if finished is None else ~self.active & ~np.asarray(finished, dtype=bool)
+        if over.any():
+            raise RuntimeError(f"episodes {np.nonzero(over)[0].tolist()} are over (terminated or truncated) "
                                "or were never started; call reset() first")
-        a = self.check_actions(actions)
+        a, invalid = self.check_actions(actions)
         # The ops in numpy, as ActionLayout.to_ops maps actions (its torch ops cost ~15% of a step here).
         write, evict, retrieve, forget, ltm_forget = ops = self.layout.to_op_arrays(a)
         t, rows = self.t, self._rows
@@ -445,7 +425,7 @@ class EpisodeBatch:
             read = path.apply(write, evict, retrieve, forget, ltm_forget, now.key, now.value, now.query, self._hits,
                               float(self._inv_temperature))
             if read is None:
-                raise AssertionError("memory_fast refused actions that check_actions accepted")
+                raise AssertionError("memory_fast refused actions that check_actions made valid")
             displaced, moved_slot, ltm_forgot = read.displaced, read.moved_slot, read.ltm_forgot
             moved = moved_slot >= 0
             retrieved_np = np.concatenate([read.wm, read.ltm], axis=1)  # (b, 2 dv)
@@ -497,6 +477,10 @@ class EpisodeBatch:
                           written_useless=written_useless, discarded_useless=discarded_useless,
                           discarded_needed=discarded_needed)
         rewards = self.reward_fn(ctx)
+        n_invalid = invalid.sum(1)
+        self._invalid_noops += n_invalid
+        if self._penalise_invalid:
+            rewards = _with_invalid_penalty(rewards, n_invalid)
 
         if self.record:
             self._record(read, rewards.total)
@@ -511,7 +495,7 @@ class EpisodeBatch:
             if len(go):
                 self._run_backbone(go, retrieved[torch.from_numpy(go).to(self.device)])
         observation = self.observe()
-        info = self.info(rewards.weighted, rewards.raw, scored, correct, nbytes)
+        info = self.info(rewards.weighted, rewards.raw, scored, correct, nbytes, invalid)
         info["is_success"] = self._correct == self._n_targets
         return StepResult(observation, rewards.total, terminated, truncated, info)
 
@@ -534,7 +518,7 @@ class EpisodeBatch:
     # ---------------------------------------------------------------- info
     def info(self, weighted: dict[str, np.ndarray] | None = None, raw: dict[str, np.ndarray] | None = None,
              scored: np.ndarray | None = None, correct: np.ndarray | None = None,
-             memory_bytes: np.ndarray | None = None) -> dict[str, Any]:
+             memory_bytes: np.ndarray | None = None, invalid: np.ndarray | None = None) -> dict[str, Any]:
         """Nested dict of (b, ...) arrays describing every row now (after a step, or after a reset if no args)."""
         t = self.t
         weighted = weighted if weighted is not None else self._terms_zero
@@ -544,7 +528,7 @@ class EpisodeBatch:
         memory = {name: counts[:, j].copy() for j, name in enumerate(OP_COUNTERS)}
         nbytes = memory_bytes if memory_bytes is not None else self.memory.nbytes().cpu().numpy()
         memory.update(bytes=nbytes.copy(), wm_entries=self._wm_occupied.sum(1),
-                      ltm_entries=self.memory.ltm.count.cpu().numpy().copy())
+                      ltm_entries=self.memory.ltm.count.cpu().numpy().copy(), invalid_noops=self._invalid_noops.copy())
         return {
             "chunk": t.copy(),
             "steps": self.steps.copy(),
@@ -553,6 +537,7 @@ class EpisodeBatch:
             "reward_terms_raw": {k: np.asarray(v, dtype=np.float64) for k, v in raw.items()},
             "scored": scored if scored is not None else false,
             "correct": correct if correct is not None else false,
+            "invalid_components": (invalid if invalid is not None else self._no_invalid).copy(),
             "targets": {"answered": self._answered.copy(), "correct": self._correct.copy(),
                         "total": self._n_targets.copy()},
             "memory": memory,
@@ -584,6 +569,14 @@ class EpisodeBatch:
             "targets": int(self._n_targets[row]),
         }
 
+
+def _with_invalid_penalty(rewards: RewardBreakdown, n_invalid: np.ndarray) -> RewardBreakdown:
+    """``rewards`` with the ``invalid_action`` term added: :data:`INVALID_ACTION_PENALTY` per masked-invalid
+    component (``n_invalid`` (b,)); logged like every term, so the reward stays the sum of ``info["reward_terms"]``."""
+    raw = n_invalid.astype(np.float64)
+    weighted = INVALID_ACTION_PENALTY * raw
+    return RewardBreakdown(rewards.total + weighted, {**rewards.weighted, INVALID_ACTION_TERM: weighted},
+                           {**rewards.raw, INVALID_ACTION_TERM: raw})
 
 
 def _zero_rows(state: MambaState, which: Tensor) -> MambaState:

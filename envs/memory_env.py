@@ -133,14 +133,31 @@ class AHMMemoryEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     | 4 | ``ltm_forget`` | 0 none; forget the LTM's 1 oldest entry, 2 least used one, 3 nearest to the chunk's key |
 
     Order within a step: retrieve (from the memory as observed), forget, evict-and-write.
-    The space is a :class:`MemoryOpsSpace`: its unmasked ``sample()`` draws only
-    operations valid in every state (write / evict at random, no retrieve or forget);
-    ``action_space.sample(mask=env.action_mask_tuple())`` samples among the valid ones.
-    :meth:`action_masks` gives the valid values as one flat boolean vector of
-    ``2 K + 12`` entries (the per-component masks concatenated, as sb3-contrib's
-    ``MaskablePPO`` expects); an invalid action (retrieving from an empty level,
-    forgetting an empty slot or from an empty LTM) raises ``ValueError`` naming the
-    component.
+
+    **Every element of the space is a legal action.** Some component values do nothing
+    useful in some states: retrieving from an empty level, forgetting an empty slot, an
+    LTM forget on an empty LTM. By default (``invalid_actions="noop"``) such a component
+    runs as its no-op 0 while the others run as given; each one is counted in
+    ``info["memory"]["invalid_noops"]`` (per episode) and flagged in
+    ``info["invalid_components"]`` ((5,) bool, this step). ``invalid_actions="penalty"``
+    does the same and adds :data:`~ahm.envs.config.INVALID_ACTION_PENALTY` (-0.1) per
+    invalid component to the reward, logged as the ``invalid_action`` term of
+    ``info["reward_terms"]`` (raw: the count). ``invalid_actions="raise"`` (strict) raises
+    ``ValueError`` naming the component, the value and why, and changes nothing. A value
+    outside ``[0, nvec)`` or an action of another shape is not in the space and raises in
+    every mode.
+
+    Masks stay, for algorithms that use them: :meth:`action_masks` gives the valid values
+    as one flat boolean vector of ``2 K + 12`` entries (the per-component masks
+    concatenated, as sb3-contrib's ``MaskablePPO`` expects), :meth:`action_mask_tuple` the
+    same split per component. Through wrappers (``gymnasium.make`` adds some, and Gymnasium
+    1.x wrappers do not forward attributes) reach them with
+    ``env.get_wrapper_attr("action_masks")()``, or wrap with sb3-contrib's
+    ``ActionMasker(env, lambda e: e.get_wrapper_attr("action_masks")())``. The space is a
+    :class:`MemoryOpsSpace`: its unmasked ``sample()`` draws only operations valid in every
+    state (write / evict at random, no retrieve or forget);
+    ``action_space.sample(mask=env.get_wrapper_attr("action_mask_tuple")())`` samples
+    uniformly among the valid ones.
 
     ## Rewards
 
@@ -188,16 +205,20 @@ class AHMMemoryEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     * ``max_steps`` (None): truncate after this many steps.
     * ``feature_cache_size`` (1): episodes whose cached features are kept (per environment), keyed by stream
       seed, so resetting with the same seed skips the backbone.
-    * ``stream_seeds`` (None): draw every episode's stream from this fixed set of stream seeds (a training or
-      evaluation set); their features are cached after first use, so later episodes skip the backbone. None:
-      a fresh stream every episode (a backbone pass per reset).
+    * ``stream_seeds`` (None): **a pool** of streams: every episode's stream is drawn from this fixed set of
+      stream seeds (a training or evaluation set). The pool's features are all kept (on top of
+      ``feature_cache_size``) after first use, so a reset into a seen stream skips the backbone and costs about a
+      millisecond. None: a fresh stream every episode (a backbone pass per reset; see Performance).
+    * ``invalid_actions`` (``"noop"``): what a masked-invalid component does: ``"noop"``, ``"penalty"`` or
+      ``"raise"`` (see Action Space).
     * ``render_mode`` (None): ``"ansi"`` (text view of memory) or ``"rgb_array"`` (slots, ages and reads over time).
 
     ## Info
 
     ``chunk``, ``steps``, ``episode_steps``; ``reward_terms`` / ``reward_terms_raw``; ``scored`` and
-    ``correct`` (this step's target); ``targets`` (answered, correct, total); ``memory`` (per-episode
-    operation counts, ``bytes`` held, ``wm_entries``, ``ltm_entries``); ``ground_truth`` of the
+    ``correct`` (this step's target); ``invalid_components`` ((5,) bool: which of this step's components
+    were masked-invalid and ran as no-ops); ``targets`` (answered, correct, total); ``memory`` (per-episode
+    operation counts, ``invalid_noops``, ``bytes`` held, ``wm_entries``, ``ltm_entries``); ``ground_truth`` of the
     observed chunk (``fact_id`` / ``fact_kind`` ending at it, ``query_fact_id`` and ``answer`` of a
     query ending at it, ``wm_fact_id`` per slot, ``query_fact_in_wm`` / ``_in_ltm``,
     ``stream_seed``) for the oracle and metrics; ``is_success`` after each step.
@@ -207,12 +228,18 @@ class AHMMemoryEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     On a CPU, run the process with ``torch.set_num_threads(1)``: memory operations are
     tiny tensor ops, and a second thread makes them 10-50x slower. The env keeps the
     caller's thread count across backbone calls. A reset with a new stream costs one
-    backbone pass over it, usually more than the episode's steps: reuse streams with
-    ``stream_seeds`` (``benchmarks/env_throughput.py`` reports both costs).
+    backbone pass over it, usually more than the episode's steps (a fresh 100K-token stream
+    of ``AHMMemory-v0``: about 1.4 s on an idle 2-core machine, half of it the selective scan,
+    several seconds when the cores are shared; the backbone's forward bounds it): draw episodes
+    from a pool with ``stream_seeds`` (a reset into a pooled stream costs about a millisecond;
+    ``benchmarks/env_throughput.py`` reports both costs).
+    Copies (``copy.deepcopy``, pickle) restore an identical env: the copy's seeded resets and
+    rollouts equal the original's.
 
     ## Version History
 
-    * v0: initial version.
+    * v0: initial version. Masked-invalid components became counted no-ops by default
+      (``invalid_actions``; they used to raise, now ``invalid_actions="raise"``).
 
     Example::
 
@@ -222,12 +249,12 @@ class AHMMemoryEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         >>> obs, info = env.reset(seed=0)
         >>> sorted(obs) == sorted(ahm.envs.OBSERVATION_KEYS), env.action_space
         (True, MultiDiscrete([9 2 4 9 4]))
-        >>> mask = env.unwrapped.action_masks()
+        >>> mask = env.get_wrapper_attr("action_masks")()
         >>> mask.shape, bool(mask[8 + 1 + 2 + 1])  # retrieve from WM: invalid while the WM is empty
         ((28,), False)
-        >>> obs, reward, terminated, truncated, info = env.step([1, 0, 0, 0, 0])  # write into slot 0
-        >>> info["memory"]["wm_entries"], info["memory"]["writes"]
-        (1, 1)
+        >>> obs, reward, terminated, truncated, info = env.step([1, 0, 1, 0, 0])  # write into slot 0, retrieve
+        >>> info["memory"]["wm_entries"], info["memory"]["writes"], info["memory"]["invalid_noops"]
+        (1, 1, 1)
         >>> steps = 1
         >>> while not (terminated or truncated):
         ...     obs, reward, terminated, truncated, info = env.step([0, 0, 1, 0, 0])  # retrieve from WM
@@ -244,12 +271,12 @@ class AHMMemoryEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
                  reward_weights: RewardWeights | Mapping[str, float] | None = None,
                  extra_reward_terms: Sequence[RewardTerm] = (), task_kwargs: Mapping[str, Any] | None = None,
                  max_steps: int | None = None, feature_cache_size: int = 1, stream_seeds: Sequence[int] | None = None,
-                 render_mode: str | None = None) -> None:
+                 render_mode: str | None = None, invalid_actions: str = "noop") -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
         self.config = AHMMemoryConfig(task, seq_len, chunk_size, wm_slots, ltm_capacity, ltm_codec, integration,
                                       backbone, reward_weights, tuple(extra_reward_terms), dict(task_kwargs or {}),
-                                      max_steps, feature_cache_size, stream_seeds)
+                                      max_steps, feature_cache_size, stream_seeds, invalid_actions)
         self.render_mode = render_mode
         self._episodes = EpisodeBatch(self.config, batch=1, record=render_mode == "rgb_array")
         self.observation_space = self._episodes.observation_space

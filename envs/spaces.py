@@ -28,18 +28,21 @@ component  values          :class:`~ahm.backbone.memory_ops.MemoryOps` field
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
 from gymnasium import spaces
 from torch import Tensor
 
-from ahm.backbone.memory_ops import MemoryObservation, MemoryOps, OpMasks
+from ahm.backbone.memory_ops import RETRIEVE_BOTH, RETRIEVE_LTM, RETRIEVE_WM, MemoryObservation, MemoryOps, OpMasks
 
-__all__ = ["ACTION_COMPONENTS", "OBSERVATION_KEYS", "ActionLayout", "MemoryOpsSpace", "action_nvec",
-           "observation_space", "observation_arrays"]
+if TYPE_CHECKING:
+    from ahm.backbone.memory_fast import FastObservation
+
+__all__ = ["ACTION_COMPONENTS", "OBSERVATION_KEYS", "ActionLayout", "CheckedActions", "MemoryOpsSpace",
+           "action_nvec", "observation_space", "observation_arrays", "fast_observation_arrays"]
 
 ACTION_COMPONENTS = ("write_slot", "evict_to_ltm", "retrieve", "forget_slot", "ltm_forget")
 """The five components of an action, in order (the :class:`~ahm.backbone.MemoryOps` fields)."""
@@ -55,6 +58,15 @@ _VALUE_SHIFT = np.array([1, 0, 0, 1, 0], dtype=np.int64)
 """Action value minus :class:`MemoryOps` field, per component: the slot components use 0 for "none" (field -1)."""
 
 
+class CheckedActions(NamedTuple):
+    """What :meth:`ActionLayout.check` makes of b actions."""
+
+    actions: np.ndarray
+    """(b, 5) int64: the actions to apply, every masked-invalid component replaced by its no-op 0."""
+    invalid: np.ndarray
+    """(b, 5) bool: the components the masks marked invalid (all False in ``"raise"`` mode, which raises instead)."""
+
+
 @dataclass(frozen=True)
 class ActionLayout:
     """The action layout for K = ``wm_slots`` working-memory slots (module docstring).
@@ -67,11 +79,17 @@ class ActionLayout:
     """
 
     wm_slots: int
+    _nvec: np.ndarray = field(init=False, repr=False, compare=False)
+    _offsets: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.wm_slots, bool) or not isinstance(self.wm_slots, (int, np.integer)) or self.wm_slots < 1:
             raise ValueError(f"wm_slots must be a positive int, got {self.wm_slots!r}")
         object.__setattr__(self, "wm_slots", int(self.wm_slots))
+        k = self.wm_slots
+        nvec = np.array([k + 1, 2, 4, k + 1, 4], dtype=np.int64)
+        object.__setattr__(self, "_nvec", nvec)  # kept: check() reads them every env step
+        object.__setattr__(self, "_offsets", np.concatenate(([0], np.cumsum(nvec)[:-1])).astype(np.int64))
 
     # ---------------------------------------------------------------- construction
     @classmethod
@@ -103,13 +121,12 @@ class ActionLayout:
     @property
     def nvec(self) -> np.ndarray:
         """(5,) int64: ``[K + 1, 2, 4, K + 1, 4]``, the ``MultiDiscrete`` nvec."""
-        k = self.wm_slots
-        return np.array([k + 1, 2, 4, k + 1, 4], dtype=np.int64)
+        return self._nvec.copy()
 
     @property
     def offsets(self) -> np.ndarray:
         """(5,) int64: where each component's values start in a flat mask."""
-        return np.concatenate(([0], np.cumsum(self.nvec)[:-1])).astype(np.int64)
+        return self._offsets.copy()
 
     @property
     def mask_width(self) -> int:
@@ -156,6 +173,53 @@ class ActionLayout:
         in_range = (a >= 0) & (a < self.nvec)
         return np.where(in_range & ~self.valid(a, masks), 0, a)
 
+    def check(self, actions: Any, masks: np.ndarray, invalid_actions: str = "raise") -> CheckedActions:
+        """``actions`` (b, 5) as int64 against the flat ``masks`` (b, 2 K + 12) of b environments.
+
+        A component value the mask marks invalid becomes the component's no-op 0 and is flagged in
+        :attr:`CheckedActions.invalid` (``invalid_actions`` ``"noop"`` or ``"penalty"``), or raises a
+        ValueError naming the component, the value and why (``"raise"``). A wrong shape, a non-integer
+        dtype or a value outside ``[0, nvec)`` is not in the action space and raises in every mode.
+        Vectorised: one gather from the masks for all b x 5 components; the per-component loop runs only
+        to word an error.
+        """
+        masks = np.asarray(masks)
+        b = masks.shape[0]
+        a = np.asarray(actions)
+        if a.shape != (b, len(ACTION_COMPONENTS)):
+            raise ValueError(f"an action must be 5 integers {ACTION_COMPONENTS} per environment, shape "
+                             f"{(b, 5) if b > 1 else (5,)}; got shape {a.shape}")
+        if not np.issubdtype(a.dtype, np.integer):
+            if not (np.issubdtype(a.dtype, np.floating) and np.all(a == np.round(a))):
+                raise ValueError(f"actions must be integers (MultiDiscrete), got dtype {a.dtype} values {a.tolist()}")
+        a = a.astype(np.int64)
+        if ((a >= 0) & (a < self._nvec)).all():
+            allowed = masks[np.arange(b)[:, None], self._offsets + a]  # (b, 5)
+            if allowed.all():
+                return CheckedActions(a, np.zeros(a.shape, dtype=bool))
+            if invalid_actions != "raise":
+                return CheckedActions(np.where(allowed, a, 0), ~allowed)
+        self._raise_first_invalid(a, masks, masked=invalid_actions == "raise")
+        raise AssertionError("unreachable: ActionLayout._raise_first_invalid found nothing to refuse")
+
+    def _raise_first_invalid(self, a: np.ndarray, masks: np.ndarray, masked: bool) -> None:
+        """The ValueError for the first component (in order) that is out of range or, if ``masked``, masked."""
+        where = (lambda r: f" (environment {r})") if len(a) > 1 else (lambda r: "")
+        for j, name in enumerate(ACTION_COMPONENTS):
+            bad = (a[:, j] < 0) | (a[:, j] >= self._nvec[j])
+            if bad.any():
+                r = int(np.nonzero(bad)[0][0])
+                raise ValueError(f"action component {j} ({name}) = {a[r, j]}{where(r)} is outside the action "
+                                 f"space [0, {self._nvec[j]})")
+            ok = masks[np.arange(len(a)), self._offsets[j] + a[:, j]]
+            if masked and not ok.all():
+                r = int(np.nonzero(~ok)[0][0])
+                valid = np.nonzero(self.split_mask(masks[r])[j])[0]
+                raise ValueError(f"action component {j} ({name}) = {a[r, j]}{where(r)} is invalid now: "
+                                 f"{_why_invalid(name, int(a[r, j]))}; valid values now are {valid.tolist()}. "
+                                 "Mask actions with env.action_masks() (MaskablePPO does this), or make the env "
+                                 "with invalid_actions='noop' (the default) to run them as no-ops.")
+
     # ---------------------------------------------------------------- actions <-> MemoryOps
     @staticmethod
     def to_ops(actions: np.ndarray | Tensor, device: torch.device | str | None = None) -> MemoryOps:
@@ -174,6 +238,16 @@ class ActionLayout:
     def from_ops(ops: MemoryOps) -> np.ndarray:
         """(b, 5) int64 actions of :class:`MemoryOps` (the inverse of :meth:`to_ops`)."""
         return np.stack([t.detach().cpu().numpy().astype(np.int64) for t in ops], axis=1) + _VALUE_SHIFT
+
+
+def _why_invalid(component: str, value: int) -> str:
+    """Why ``value`` of the masked ``component`` is invalid now (retrieve, forget_slot or ltm_forget)."""
+    if component == "retrieve":
+        return {RETRIEVE_WM: "the working memory is empty", RETRIEVE_LTM: "the long-term memory is empty",
+                RETRIEVE_BOTH: "the working or the long-term memory is empty"}[value]
+    if component == "forget_slot":
+        return f"working-memory slot {value - 1} is empty"
+    return "the long-term memory is empty"
 
 
 def action_nvec(wm_slots: int) -> np.ndarray:
@@ -238,5 +312,28 @@ def observation_arrays(obs: MemoryObservation, chunk: np.ndarray, n_chunks: int)
         "ltm_fill": np.clip(obs.ltm_fill.cpu().numpy()[:, None], 0.0, 1.0),
         "ltm_topk_similarity": np.clip(obs.ltm_topk_similarity.cpu().numpy(), -1.0, 1.0),
         "ltm_key_similarity": np.clip(obs.ltm_key_similarity.cpu().numpy()[:, None], -1.0, 1.0),
+        "progress": np.minimum((np.asarray(chunk) + 1) / n, 1.0).astype(np.float32)[:, None],
+    }
+
+
+def fast_observation_arrays(obs: FastObservation, ssm_features: np.ndarray, chunk: np.ndarray, n_chunks: int,
+                            ltm_capacity: int, obs_topk: int) -> dict[str, np.ndarray]:
+    """:func:`observation_arrays` of the compiled fast path's :class:`~ahm.backbone.memory_fast.FastObservation`
+    (numpy in, numpy out; no torch op): ``ssm_features`` (b, F) before ``tanh``, ``chunk`` (b,), ``obs_topk`` of the
+    LTM hits shown. ``tests/test_memory_fast.py`` holds the two together."""
+    n, one = np.float32(n_chunks), np.float32(1.0)
+    uses = obs.wm_uses.astype(np.float32)
+    topk = obs.hit_scores[:, :obs_topk]
+    return {
+        "ssm_features": np.tanh(ssm_features),
+        "wm_occupied": obs.wm_occupied.astype(np.float32),
+        "wm_age": np.minimum(obs.wm_age.astype(np.float32) / n, one),
+        "wm_uses": uses / (one + uses),
+        "wm_similarity": np.clip(obs.wm_similarity, -1.0, 1.0),
+        "wm_key_similarity": np.clip(obs.wm_key_similarity, -1.0, 1.0),
+        "ltm_fill": np.clip(obs.ltm_count.astype(np.float32) / np.float32(ltm_capacity), 0.0, 1.0)[:, None],
+        "ltm_topk_similarity": np.clip(np.where(np.isinf(topk), np.float32(0.0), topk), -1.0, 1.0),
+        "ltm_key_similarity": np.clip(np.where(np.isinf(obs.key_score), np.float32(0.0), obs.key_score),
+                                      -1.0, 1.0)[:, None],
         "progress": np.minimum((np.asarray(chunk) + 1) / n, 1.0).astype(np.float32)[:, None],
     }

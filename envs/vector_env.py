@@ -9,13 +9,22 @@ It is the same code as :class:`~ahm.envs.memory_env.AHMMemoryEnv` at b = 1, and
 sub-env i seeded ``seed + i`` equals ``AHMMemoryEnv`` reset with ``seed + i``
 step for step, autoresets included (tested against ``gymnasium.vector.SyncVectorEnv``).
 
-Autoreset: ``AutoresetMode.SAME_STEP`` (declared in ``metadata``). When a
-sub-env terminates or truncates, the same ``step`` resets it: the returned
-observation and info are the new episode's, and ``info["final_obs"]`` /
-``info["final_info"]`` (masked by ``info["_final_obs"]``) hold the last
-observation and info of the episode that ended, exactly as ``SyncVectorEnv``
-does in that mode. Stable-Baselines3 expects this convention, so the adapter
-only renames ``final_obs`` to ``terminal_observation``.
+Autoreset (the ``autoreset_mode`` argument, declared in ``metadata``), exactly as
+``SyncVectorEnv`` does in each mode:
+
+* ``AutoresetMode.SAME_STEP`` (the default): when a sub-env terminates or truncates,
+  the same ``step`` resets it: the returned observation and info are the new
+  episode's, and ``info["final_obs"]`` / ``info["final_info"]`` (masked by
+  ``info["_final_obs"]``) hold the last observation and info of the episode that
+  ended. Stable-Baselines3 expects this convention, so the adapter only renames
+  ``final_obs`` to ``terminal_observation``; ``ahm.agents.rollout`` relies on it too.
+* ``AutoresetMode.NEXT_STEP``: the step that ends an episode returns its last
+  observation; the next ``step`` resets that sub-env, ignores its action, and returns
+  the reset observation and info with reward 0 and terminated / truncated False.
+  Gymnasium's vector wrappers (``gymnasium.wrappers.vector.FlattenObservation``,
+  ``NormalizeObservation``, ...) accept only this mode (or DISABLED):
+  ``gymnasium.make_vec(id, n, vectorization_mode="vector_entry_point",
+  autoreset_mode=AutoresetMode.NEXT_STEP)``.
 
 Stable-Baselines3 does not accept Gymnasium vector envs;
 :class:`~ahm.agents.sb3_adapter.SB3VecEnvAdapter` is its ``VecEnv`` over ours, with
@@ -101,6 +110,25 @@ def _rows_of(tree: dict[str, Any], n: int) -> list[dict[str, Any]]:
     return rows
 
 
+def _rows_mask(rows: np.ndarray, n: int) -> np.ndarray:
+    """(n,) bool, True at ``rows``."""
+    mask = np.zeros(n, dtype=bool)
+    mask[rows] = True
+    return mask
+
+
+def _autoreset_mode(mode: AutoresetMode | str) -> AutoresetMode:
+    """``mode`` as an :class:`AutoresetMode` this env runs (SAME_STEP or NEXT_STEP), or a ValueError saying which."""
+    try:
+        mode = AutoresetMode(mode) if not isinstance(mode, AutoresetMode) else mode
+    except ValueError:
+        mode = AutoresetMode.__members__.get(str(mode).upper(), mode)
+    if mode not in (AutoresetMode.SAME_STEP, AutoresetMode.NEXT_STEP):
+        raise ValueError(f"autoreset_mode must be AutoresetMode.SAME_STEP or AutoresetMode.NEXT_STEP, got {mode!r} "
+                         "(DISABLED is not supported: use NEXT_STEP for Gymnasium's vector wrappers)")
+    return mode
+
+
 class VectorStep(NamedTuple):
     """One step of the vector env, before Gymnasium's info masks are added."""
 
@@ -122,7 +150,9 @@ class VectorStep(NamedTuple):
 class AHMMemoryVectorEnv(VectorEnv):
     """``num_envs`` ``AHMMemoryEnv`` episodes stepped together on one batched memory (module doc).
 
-    Arguments are those of :class:`~ahm.envs.memory_env.AHMMemoryEnv` plus ``num_envs``;
+    Arguments are those of :class:`~ahm.envs.memory_env.AHMMemoryEnv` plus ``num_envs`` and
+    ``autoreset_mode`` (an :class:`~gymnasium.vector.AutoresetMode` or its value, ``"SameStep"`` or
+    ``"NextStep"``; module doc);
     ``gymnasium.make_vec(id, num_envs, vectorization_mode="vector_entry_point", **kwargs)``
     creates it. Observations are the single env's Dict with a leading ``num_envs``
     axis; actions are ``(num_envs, 5)``; :meth:`action_masks` is ``(num_envs, 2 K + 12)``.
@@ -149,14 +179,17 @@ class AHMMemoryVectorEnv(VectorEnv):
                  reward_weights: RewardWeights | Mapping[str, float] | None = None,
                  extra_reward_terms: Sequence[RewardTerm] = (), task_kwargs: Mapping[str, Any] | None = None,
                  max_steps: int | None = None, feature_cache_size: int = 1, stream_seeds: Sequence[int] | None = None,
-                 render_mode: str | None = None) -> None:
+                 render_mode: str | None = None, invalid_actions: str = "noop",
+                 autoreset_mode: AutoresetMode | str = AutoresetMode.SAME_STEP) -> None:
         if not isinstance(num_envs, int) or num_envs < 1:
             raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
         self.config = AHMMemoryConfig(task, seq_len, chunk_size, wm_slots, ltm_capacity, ltm_codec, integration,
                                       backbone, reward_weights, tuple(extra_reward_terms), dict(task_kwargs or {}),
-                                      max_steps, feature_cache_size, stream_seeds)
+                                      max_steps, feature_cache_size, stream_seeds, invalid_actions)
+        self.autoreset_mode = _autoreset_mode(autoreset_mode)
+        self.metadata = {**type(self).metadata, "autoreset_mode": self.autoreset_mode}
         self.num_envs = num_envs
         self.render_mode = render_mode
         self._episodes = EpisodeBatch(self.config, batch=num_envs, record=render_mode == "rgb_array")
@@ -166,6 +199,7 @@ class AHMMemoryVectorEnv(VectorEnv):
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = MemoryOpsSpace(np.tile(nvec, (num_envs, 1)))
         self._rngs: list[np.random.Generator | None] = [None] * num_envs
+        self._autoreset = np.zeros(num_envs, dtype=bool)  # NEXT_STEP: sub-envs that the next step resets
         self._started = False
 
     @property
@@ -199,12 +233,15 @@ class AHMMemoryVectorEnv(VectorEnv):
         episodes.reset_rows(np.arange(n), [int(s) for s in stream_seeds])
         obs = episodes.observe()
         self._started = True
+        self._autoreset[:] = False
         return {k: v.copy() for k, v in obs.items()}, _masked(episodes.info(), np.ones(n, dtype=bool))
 
     def step_arrays(self, actions: Any) -> VectorStep:
         """One step with SAME_STEP autoreset, infos as plain nested arrays (what :meth:`step` and the adapter use)."""
         if not self._started:
             raise RuntimeError("AHMMemoryVectorEnv: call reset() before step()")
+        if self.autoreset_mode != AutoresetMode.SAME_STEP:
+            raise RuntimeError(f"step_arrays runs SAME_STEP autoreset; this env was made with {self.autoreset_mode}")
         episodes = self._episodes
         out = episodes.step(actions)
         done = out.terminated | out.truncated
@@ -218,8 +255,36 @@ class AHMMemoryVectorEnv(VectorEnv):
         return VectorStep({k: v.copy() for k, v in obs.items()}, out.reward.copy(), out.terminated, out.truncated,
                           info, ~done, final_obs, final_info)
 
+    def _step_next_step(self, actions: Any) -> VectorStep:
+        """One step with NEXT_STEP autoreset (module doc): sub-envs that ended at the previous step are reset now.
+
+        The batch steps every row together, so the rows being reset take a no-op step in their finished
+        episode first (their actions are ignored, their results discarded) and are then reset: their state is
+        exactly a fresh reset's.
+        """
+        if not self._started:
+            raise RuntimeError("AHMMemoryVectorEnv: call reset() before step()")
+        episodes, rows = self._episodes, np.nonzero(self._autoreset)[0]
+        if len(rows):
+            actions = np.array(actions, dtype=np.int64, copy=True).reshape(self.num_envs, -1)
+            actions[rows] = 0  # ignored, as Gymnasium's NEXT_STEP ignores the action of a sub-env it resets
+        out = episodes.step(actions, finished=self._autoreset)
+        obs, info = out.observation, out.info
+        reward, terminated, truncated = out.reward.copy(), out.terminated.copy(), out.truncated.copy()
+        if len(rows):
+            episodes.reset_rows(rows, [self.config.draw_stream_seed(self._rngs[r]) for r in rows.tolist()])
+            obs = episodes.observe()
+            info = _replace_rows(info, episodes.info(), rows)
+            reward[rows], terminated[rows], truncated[rows] = 0.0, False, False
+        self._autoreset = terminated | truncated
+        return VectorStep({k: v.copy() for k, v in obs.items()}, reward, terminated, truncated, info,
+                          ~_rows_mask(rows, self.num_envs), None, None)
+
     def step(self, actions: Any) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-        s = self.step_arrays(actions)
+        if self.autoreset_mode == AutoresetMode.NEXT_STEP:
+            s = self._step_next_step(actions)
+        else:
+            s = self.step_arrays(actions)
         everywhere = np.ones(self.num_envs, dtype=bool)
         info = _masked({k: v for k, v in s.info.items() if k != "is_success"}, everywhere)
         if s.info_present.any():  # sub-envs that reset this step carry their reset info, which has no is_success

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+import os
+import types
+from collections.abc import Callable, Iterator
 
 import numba
 import numpy as np
@@ -31,7 +33,7 @@ import torch
 from numba import prange
 from torch import Tensor
 
-__all__ = ["cpu_scan", "CHECKPOINT_EVERY"]
+__all__ = ["cpu_scan", "CHECKPOINT_EVERY", "in_forked_child"]
 
 CHECKPOINT_EVERY = 64
 """Steps between saved states for the backward pass (memory l / 64 x the state)."""
@@ -47,13 +49,53 @@ thread pool costs more than the work (measured: 16 ms against 0.4 ms per
 single-step call on a loaded 2-core machine, tests/benchmarks token-by-token)."""
 
 
+# ---------------------------------------------------------------- threads, and processes forked from this one
+_forked = False
+
+
+def in_forked_child() -> bool:
+    """Whether this process was forked from one that had imported this module (the kernels then run serially)."""
+    return _forked
+
+
+def _after_fork_in_child() -> None:
+    """In a forked child: serial scan kernels and one torch thread (what ``torch.utils.data.DataLoader`` does in
+    its forked workers, for the same reason).
+
+    numba's parallel kernels run on GNU OpenMP where TBB is missing (numba's default layer order is
+    tbb, omp, workqueue), and torch's CPU ops do too; an OpenMP thread team does not survive
+    ``fork()``. After the backbone ran in the parent, a forked child (``gymnasium.make_vec(...,
+    vectorization_mode="async")``, SB3's ``SubprocVecEnv`` with ``start_method="fork"``) died at
+    its first parallel scan ("fork() called from a process already using GNU OpenMP"), and, past
+    that, waited forever in its first multi-threaded torch op. Serial kernels and one torch
+    thread use no thread team. Forked workers run one per core anyway; a child that wants more
+    torch threads calls ``torch.set_num_threads`` itself.
+
+    Why not numba's fork-safe ``workqueue`` layer everywhere instead: measured on 2 cores, it made
+    the scan calls of a fresh 100K-token reset of ``AHMMemory-v0`` take 1.3 s instead of 0.7 s
+    (the whole reset 2.1 s instead of 1.4 s); this hook costs nothing outside forked children.
+    """
+    global _forked
+    _forked = True
+    if torch.get_num_threads() > 1:
+        torch.set_num_threads(1)
+
+
+if hasattr(os, "register_at_fork"):  # POSIX; spawn and forkserver children import this module afresh
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 @contextlib.contextmanager
 def _threads_for(work: int) -> Iterator[int]:
-    """Run the enclosed kernel calls on one thread if ``work`` is small; yields the thread count.
+    """Run the enclosed kernel calls on one thread if ``work`` is small; yields the thread count
+    (always 1 in a forked child, where the serial kernels run and numba's thread pool is not touched).
 
     numba's OpenMP layer and torch share one OpenMP runtime, so setting numba's thread
     count can change torch's: torch's count is restored on the way out.
     """
+    if _forked:
+        yield 1
+        return
     torch_threads = torch.get_num_threads()
     previous = numba.get_num_threads()
     threads = previous if work >= PARALLEL_MIN_WORK else 1
@@ -159,6 +201,22 @@ def _backward_kernel(
                 grad_h0[b, d, k] = adj[k]
 
 
+def _serial_twin(kernel: Callable, name: str) -> Callable:
+    """``kernel`` compiled without ``parallel`` (its ``prange`` runs as ``range``): what a forked child runs.
+
+    A renamed copy of the Python function, so numba caches it apart from the parallel one (numba's
+    cache is keyed by the function's qualified name, not by its compile flags). Compiled on first call.
+    """
+    fn = kernel.py_func
+    twin = types.FunctionType(fn.__code__, fn.__globals__, name, fn.__defaults__, fn.__closure__)
+    twin.__qualname__ = name
+    return numba.njit(cache=True, nogil=True)(twin)
+
+
+_forward_kernel_serial = _serial_twin(_forward_kernel, "_forward_kernel_serial")
+_backward_kernel_serial = _serial_twin(_backward_kernel, "_backward_kernel_serial")
+
+
 def _np(t: Tensor) -> np.ndarray:
     return t.detach().contiguous().numpy()
 
@@ -173,7 +231,7 @@ def _forward(u, delta, A, B, C, h0, keep_checkpoints: bool):
     n_seg = -(-length // CHECKPOINT_EVERY) if keep_checkpoints else 0
     checkpoints = u.new_empty(batch, dim, n_seg, d_state)
     with _threads_for(batch * dim * length * d_state):
-        _forward_kernel(
+        (_forward_kernel_serial if _forked else _forward_kernel)(
             _np(u), _np(delta), _np(A), Bt.numpy(), Ct.numpy(), _np(h0),
             y.numpy(), h_last.numpy(), checkpoints.numpy(), CHECKPOINT_EVERY, TIME_BLOCK,
         )
@@ -209,7 +267,7 @@ class _CpuScan(torch.autograd.Function):
         grad_B_part = u.new_zeros(workers, batch, groups, length, d_state)
         grad_C_part = u.new_zeros(workers, batch, groups, length, d_state)
         grad_h0 = u.new_empty(batch, dim, d_state)
-        _backward_kernel(
+        (_backward_kernel_serial if _forked else _backward_kernel)(
             u.numpy(), delta.numpy(), A.numpy(), Bt.numpy(), Ct.numpy(), checkpoints.numpy(),
             CHECKPOINT_EVERY, grad_y.numpy(), grad_last.numpy(),
             grad_u.numpy(), grad_delta.numpy(), grad_A_part.numpy(), grad_B_part.numpy(),

@@ -10,12 +10,15 @@ fast configuration); every ``test_*`` method below then runs for it::
 
 Each test asserts a property that could fail: the two env checkers pass without
 warnings, rollouts are reproducible, observations stay in their space, episodes
-have their documented length, invalid actions raise clear errors, and ground
-truth does not reach the observation.
+have their documented length, every action of the declared space is legal
+(masked-invalid components are counted no-ops; the strict mode raises clear
+errors), and ground truth does not reach the observation.
 """
 
 from __future__ import annotations
 
+import copy
+import pickle
 import warnings
 from typing import Any
 
@@ -27,11 +30,35 @@ from gymnasium.utils.env_checker import data_equivalence
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import ahm.envs.episode_batch as memory_env  # _annotate, the ground-truth hook, lives with EpisodeBatch
+from ahm.envs.config import INVALID_ACTION_PENALTY
+from ahm.envs.spaces import ActionLayout
 
 
 def valid_action(env: gymnasium.Env) -> np.ndarray:
     """A uniformly random valid action (the action space's generator, the env's current mask)."""
     return env.action_space.sample(mask=env.unwrapped.action_mask_tuple())
+
+
+def any_action(env: gymnasium.Env, rng: np.random.Generator) -> np.ndarray:
+    """A uniformly random element of the declared ``MultiDiscrete`` space, ignoring the masks (what a generic
+    client sends)."""
+    return rng.integers(0, env.action_space.nvec).astype(np.int64)
+
+
+def masks_of(env: gymnasium.Env) -> np.ndarray:
+    """The env's flat action mask, reached through its wrappers the way Gymnasium 1.x and sb3-contrib do."""
+    return env.get_wrapper_attr("action_masks")()
+
+
+def unmasked_rollout(env: gymnasium.Env, seed: int, actions: list[np.ndarray]) -> list[tuple[Any, ...]]:
+    """Transitions of ``reset(seed=seed)`` then ``actions`` (resetting without a seed after an episode ends)."""
+    out: list[tuple[Any, ...]] = [(*env.reset(seed=seed), 0.0, False, False)]
+    for action in actions:
+        obs, reward, terminated, truncated, info = env.step(action)
+        out.append((obs, info, reward, terminated, truncated))
+        if terminated or truncated:
+            out.append((*env.reset(), 0.0, False, False))
+    return out
 
 
 def rollout(env: gymnasium.Env, seed: int | None, action_seed: int = 0, steps: int | None = None,
@@ -132,7 +159,7 @@ class EnvContract:
 
     # ---------------------------------------------------------------- invalid actions
     def test_invalid_actions_raise_a_clear_error(self):
-        env = self.make_env()
+        env = self.make_env(invalid_actions="raise")  # the strict mode (the default runs them as counted no-ops)
         env.reset(seed=0)
         k = env.action_space.nvec[0] - 1
         for action, component in (([0, 0, 1, 0, 0], "retrieve"), ([0, 0, 0, 1, 0], "forget_slot"),
@@ -145,6 +172,80 @@ class EnvContract:
             env.step(np.array([0, 0, 0]))
         obs, *_ = env.step(np.array([1, 0, 0, 0, 0]))  # nothing changed above: the env still steps
         assert obs["wm_occupied"][0] == 1.0
+
+    def test_every_action_of_the_declared_space_is_legal(self):
+        """Unmasked actions run: each masked-invalid component is the no-op 0 (the step equals a twin stepped
+        with the masked action), flagged in info["invalid_components"] and counted in info["memory"]."""
+        env, twin = self.make_env(max_steps=24), self.make_env(max_steps=24)
+        env.reset(seed=3)
+        twin.reset(seed=3)
+        with pytest.raises(ValueError, match=r"retrieve\) = 4 .*outside the action space"):
+            env.step(np.array([0, 0, 4, 0, 0]))  # not in the space: refused in every mode, nothing changed
+        layout = ActionLayout.from_nvec(env.action_space.nvec)
+        rng = np.random.default_rng(0)
+        sent_invalid = 0
+        for step in range(24):
+            action, mask = any_action(env, rng), masks_of(env)
+            invalid = ~layout.valid(action[None], mask[None])[0]
+            sent_invalid += int(invalid.sum())
+            got = env.step(action)
+            want = twin.step(layout.noop_invalid(action[None], mask[None])[0])
+            assert np.array_equal(got[4]["invalid_components"], invalid), f"step {step}"
+            assert got[4]["memory"]["invalid_noops"] == sent_invalid, f"step {step}: not the running count"
+            assert want[4]["memory"]["invalid_noops"] == 0 and not want[4]["invalid_components"].any()
+            assert data_equivalence(got[0], want[0], exact=True) and got[1] == want[1], f"step {step}"
+            assert env.observation_space.contains(got[0])
+            if got[2] or got[3]:
+                break
+        assert sent_invalid > 0  # the random actions did hit invalid components
+
+    def test_penalty_mode_charges_each_invalid_component_as_a_logged_term(self):
+        plain, penalised = self.make_env(), self.make_env(invalid_actions="penalty")
+        plain.reset(seed=4)
+        penalised.reset(seed=4)
+        rng = np.random.default_rng(1)
+        charged = 0
+        for _ in range(12):
+            action = any_action(plain, rng)
+            p, q = plain.step(action), penalised.step(action)
+            n_invalid = int(q[4]["invalid_components"].sum())
+            charged += n_invalid
+            assert q[4]["reward_terms_raw"]["invalid_action"] == n_invalid
+            assert q[1] == pytest.approx(p[1] + INVALID_ACTION_PENALTY * n_invalid, abs=1e-12)
+            assert q[1] == pytest.approx(sum(q[4]["reward_terms"].values()), abs=1e-12)
+            assert "invalid_action" not in p[4]["reward_terms"]
+            if p[2] or p[3]:
+                break
+        assert charged > 0
+
+    def test_masks_reach_through_the_wrappers(self):
+        env = self.make_env()
+        env.reset(seed=0)
+        assert env is not env.unwrapped  # gymnasium.make wraps it
+        env.step(np.array([1, 0, 0, 0, 0]))
+        assert np.array_equal(masks_of(env), env.unwrapped.action_masks())
+        parts = env.get_wrapper_attr("action_mask_tuple")()
+        assert np.array_equal(np.concatenate(parts).astype(bool), masks_of(env)) and parts[2][1] == 1  # WM readable
+
+    # ---------------------------------------------------------------- copies
+    def test_copies_restore_an_identical_env(self):
+        """A deepcopy and a pickle round trip, made mid-episode after LTM forgets filled a small LTM, step
+        exactly as the original; their seeded resets equal a fresh env's."""
+        env = self.make_env(ltm_capacity=3)
+        rng = np.random.default_rng(5)
+        env.reset(seed=9)
+        for _ in range(14):  # writes that displace entries into the 3-slot LTM, and LTM forgets, at random
+            env.step(any_action(env, rng))
+        assert env.unwrapped._episodes.memory.ltm.count[0] > 0, "the history must leave LTM entries behind"
+        copies = [copy.deepcopy(env), pickle.loads(pickle.dumps(env))]
+        actions = [any_action(env, rng) for _ in range(40)]
+        runs = [[env.step(a) for a in actions[:8]]] + [[c.step(a) for a in actions[:8]] for c in copies]
+        for i, run in enumerate(runs[1:]):
+            assert data_equivalence(runs[0], run, exact=True), f"copy {i} stepped differently from the original"
+        fresh = unmasked_rollout(self.make_env(ltm_capacity=3), 21, actions[8:])
+        for i, c in enumerate([env, *copies]):
+            assert data_equivalence(unmasked_rollout(c, 21, actions[8:]), fresh, exact=True), \
+                f"env {i} (0: the original) after reset(seed=21) differs from a fresh env's"
 
     # ---------------------------------------------------------------- honesty
     def test_ground_truth_does_not_reach_the_observation(self, monkeypatch):

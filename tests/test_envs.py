@@ -91,7 +91,7 @@ def test_vector_env_equals_the_single_env_step_for_step(env_id, integration):
 
 def test_vector_env_metadata_spaces_and_invalid_actions():
     envs = gymnasium.make_vec("AHMMemory-v0", num_envs=2, vectorization_mode="vector_entry_point",
-                              **ENV_SPECS["AHMMemory-v0"].test_kwargs)
+                              **ENV_SPECS["AHMMemory-v0"].test_kwargs, invalid_actions="raise")  # the strict mode
     assert envs.metadata["autoreset_mode"] == AutoresetMode.SAME_STEP
     obs, _ = envs.reset(seed=0)
     assert envs.observation_space.contains(obs)
@@ -122,6 +122,116 @@ def test_sb3_adapter_trains_maskable_ppo_and_reports_episode_ends():
         warnings.simplefilter("error")
         model = MaskablePPO("MultiInputPolicy", VecMonitor(venv), n_steps=16, batch_size=32, n_epochs=1, seed=0)
         model.learn(64)  # an invalid action would raise: the masks reach the policy
+
+
+@pytest.mark.parametrize("env_id", ["AHMMemory-MQAR-v0"])
+def test_next_step_autoreset_equals_gymnasiums_sync_vector_env(env_id):
+    """autoreset_mode=NEXT_STEP against SyncVectorEnv(NEXT_STEP) of single envs: the step after a done returns the
+    reset observation and info, reward 0, not done, and ignores that sub-env's action (actions are unmasked)."""
+    n, kwargs = 3, {**ENV_SPECS[env_id].test_kwargs, "max_steps": 5}
+    native = gymnasium.make_vec(env_id, num_envs=n, vectorization_mode="vector_entry_point",
+                                autoreset_mode=AutoresetMode.NEXT_STEP, **kwargs)
+    assert native.metadata["autoreset_mode"] == AutoresetMode.NEXT_STEP
+    assert AHMMemoryVectorEnv.metadata["autoreset_mode"] == AutoresetMode.SAME_STEP  # per instance, not per class
+    reference = SyncVectorEnv([lambda: gymnasium.make(env_id, **kwargs) for _ in range(n)],
+                              autoreset_mode=AutoresetMode.NEXT_STEP)
+    assert data_equivalence(native.reset(seed=3), reference.reset(seed=3), exact=True)
+    rng = np.random.default_rng(0)
+    resets = 0
+    for step in range(14):
+        actions = rng.integers(0, native.single_action_space.nvec, size=(n, 5))
+        got, want = native.step(actions), reference.step(actions)
+        for name, g, w in zip(("observation", "reward", "terminated", "truncated", "info"), got, want):
+            assert data_equivalence(g, w), f"step {step}: {name} differs"
+        was_reset = got[4]["steps"] == 0
+        assert not (got[2] | got[3])[was_reset].any() and (got[1][was_reset] == 0).all()
+        resets += int(was_reset.sum())
+    assert resets >= n  # every sub-env went through a NEXT_STEP reset (max_steps=5)
+    with pytest.raises(ValueError, match="autoreset_mode must be"):
+        AHMMemoryVectorEnv(2, autoreset_mode=AutoresetMode.DISABLED, **ENV_SPECS[env_id].test_kwargs)
+
+
+@pytest.mark.parametrize("wrapper", ["FlattenObservation", "NormalizeObservation"])
+def test_gymnasiums_vector_wrappers_run_on_the_next_step_native_env(wrapper):
+    from gymnasium.wrappers import vector as vector_wrappers
+
+    envs = gymnasium.make_vec("AHMMemory-v0", num_envs=2, vectorization_mode="vector_entry_point",
+                              autoreset_mode="NextStep", **ENV_SPECS["AHMMemory-v0"].test_kwargs, max_steps=20)
+    if wrapper == "NormalizeObservation":  # it normalises a Box: flatten the Dict first
+        envs = vector_wrappers.FlattenObservation(envs)
+    envs = getattr(vector_wrappers, wrapper)(envs)
+    obs, _ = envs.reset(seed=0)
+    width = gymnasium.spaces.flatdim(envs.unwrapped.single_observation_space)
+    assert obs.shape == (2, width)
+    envs.action_space.seed(0)
+    dones = 0
+    for _ in range(50):
+        obs, reward, terminated, truncated, info = envs.step(envs.action_space.sample())
+        assert obs.shape == (2, width) and np.isfinite(obs).all()
+        dones += int((terminated | truncated).sum())
+    assert dones >= 4  # episodes of 20 steps ended and were reset through the wrapper
+
+
+def test_action_masker_reaches_the_masks_through_gymnasium_make():
+    """sb3-contrib's ActionMasker, with the convention of Gymnasium 1.x wrappers (get_wrapper_attr), feeds
+    MaskablePPO the env's masks; strict mode proves no masked-invalid action reached the env."""
+    from sb3_contrib import MaskablePPO
+    from sb3_contrib.common.maskable.utils import get_action_masks
+    from sb3_contrib.common.wrappers import ActionMasker
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    def masked_env():
+        env = make("AHMMemory-v0", max_steps=8, invalid_actions="raise")
+        return ActionMasker(env, lambda e: e.get_wrapper_attr("action_masks")())
+
+    venv = DummyVecEnv([masked_env])
+    venv.reset()
+    assert np.array_equal(get_action_masks(venv)[0], venv.envs[0].unwrapped.action_masks())
+    model = MaskablePPO("MultiInputPolicy", venv, n_steps=16, batch_size=16, n_epochs=1, seed=0)
+    model.learn(32)  # "raise" mode: an unmasked invalid action would have raised
+    assert model.num_timesteps == 32
+
+
+_ASYNC_AFTER_THE_BACKBONE = """
+import json
+import gymnasium, numba, numpy as np, torch
+import ahm
+torch.set_num_threads(2)
+parent = gymnasium.make("AHMMemory-v0", seq_len=2048, chunk_size=64)
+parent.reset(seed=0)  # the backbone (torch and the numba scan, both multi-threaded) has run in the parent
+envs = gymnasium.make_vec("AHMMemory-v0", 2, vectorization_mode="async", seq_len=2048, chunk_size=64)
+envs.reset(seed=0)
+rng = np.random.default_rng(0)
+ok = True
+for _ in range(20):  # unmasked random actions: legal too
+    obs, reward, terminated, truncated, info = envs.step(rng.integers(0, envs.single_action_space.nvec, (2, 5)))
+    ok &= bool(envs.observation_space.contains(obs) and np.isfinite(reward).all())
+envs.close()
+print(json.dumps({"ok": ok, "invalid_noops": info["memory"]["invalid_noops"].tolist(),
+                  "layer": numba.threading_layer(), "torch_threads": torch.get_num_threads()}))
+"""
+
+
+def test_make_vec_async_works_after_the_parent_ran_the_backbone():
+    """Forked workers survive a parent that ran the backbone multi-threaded on OpenMP (serial scan kernels and one
+    torch thread after a fork: ahm.kernels.scan_cpu). In a fresh process, killed with its workers if it hangs (what
+    a half fix did: the workers waited forever on the parent's OpenMP threads)."""
+    import json
+    import os
+    import signal
+
+    proc = subprocess.Popen([sys.executable, "-c", _ASYNC_AFTER_THE_BACKBONE], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("make_vec(..., vectorization_mode='async') hung after the parent ran the backbone")
+    assert proc.returncode == 0, err[-3000:]
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["ok"] and min(result["invalid_noops"]) > 0
+    assert result["torch_threads"] == 2  # the parent keeps its threads and its (fast) threading layer
 
 
 # ---------------------------------------------------------------- the readout the rewards use
