@@ -29,17 +29,29 @@ def _register_envs() -> None:
 
 
 class _RegisterAfterGymnasiumImport(_abc.MetaPathFinder):
-    """Finds ``gymnasium`` with the other finders and registers the ids once its module has executed."""
+    """Finds ``gymnasium`` with the other finders and registers the ids once its module has executed.
+
+    A plain ``importlib.util.find_spec("gymnasium")`` (torchrl does one at import) asks this finder too without
+    importing anything, so the finder stays installed until gymnasium's module actually executes.
+    """
+
+    _finding = False
 
     def find_spec(self, name, path=None, target=None):
-        if name != "gymnasium":
+        if name != "gymnasium" or self._finding:
             return None
-        _sys.meta_path.remove(self)
-        spec = _util.find_spec(name)
+        self._finding = True  # the find_spec below asks every finder again, this one included
+        try:
+            spec = _util.find_spec(name)
+        finally:
+            self._finding = False
         if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):
             exec_module = spec.loader.exec_module
+            finder = self
 
             def exec_and_register(module):
+                if finder in _sys.meta_path:
+                    _sys.meta_path.remove(finder)
                 exec_module(module)
                 _register_envs()
 
