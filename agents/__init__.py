@@ -50,19 +50,75 @@ __all__ = ["Controller", "FunctionController", "as_controller", "batch_info", "b
            "HEURISTICS", "CONTROLLER_NAMES", "make_controller"]
 
 
-def make_controller(spec: str | Path, **kwargs: Any) -> Controller:
-    """A controller by name (a key of :data:`HEURISTICS`) or from a learned controller's checkpoint path.
+def make_controller(spec: str | Path, name: str | None = None, **kwargs: Any) -> Controller:
+    """A controller from a spec: a heuristic's name, a saved controller's path, or a Python ``module:attr``.
 
-    ``kwargs`` go to the heuristic's constructor (e.g. ``seed`` for ``random``) or to
-    :func:`ahm.agents.controller_checkpoint.load_controller`.
+    * a key of :data:`HEURISTICS` (``kwargs`` go to its constructor, e.g. ``seed`` for ``random``);
+    * the path of a saved controller, dispatched on its JSON's ``format``: an SB3 controller directory
+      (:func:`ahm.agents.controller_checkpoint.save_controller`; ``kwargs`` go to ``load_controller``) or a
+      plain-torch MLP policy, a directory or an ``X.safetensors`` file with ``X.json`` beside it
+      (:func:`~ahm.agents.controller_checkpoint.save_mlp_policy`, e.g. ``examples/reinforce.py --save``);
+    * ``module:attr``, where ``module`` is an importable module (``my_pkg.controllers``) or a ``.py`` file and
+      ``attr`` a Controller class or a function without required arguments (called: it returns the controller),
+      a Controller object, or a function ``f(observation, action_mask) -> (b, 5)`` actions. This runs your code:
+      it is what you asked for by naming it.
+
+    ``name`` replaces the controller's own ``name`` (tables and plots label it so).
     """
+    controller = _build_controller(spec, **kwargs)
+    if name is not None:
+        controller.name = name
+    return controller
+
+
+def _build_controller(spec: str | Path, **kwargs: Any) -> Controller:
     if isinstance(spec, str) and spec in HEURISTICS:
         module, cls = HEURISTICS[spec].split(":")
         return getattr(importlib.import_module(module), cls)(**kwargs)
     path = Path(spec)
-    if path.exists():
-        from .controller_checkpoint import load_controller
+    if path.exists() or path.with_suffix(".json").exists():
+        from .controller_checkpoint import (
+            MLP_POLICY_FORMAT,
+            checkpoint_meta,
+            load_controller,
+            load_mlp_policy,
+        )
 
+        if checkpoint_meta(path)["format"] == MLP_POLICY_FORMAT:
+            return load_mlp_policy(path, **kwargs)
         return load_controller(path, **kwargs)
-    raise ValueError(f"unknown controller {str(spec)!r}: use one of {CONTROLLER_NAMES} or the path of a saved "
-                     "learned controller (ahm.agents.controller_checkpoint.save_controller)")
+    if isinstance(spec, str) and ":" in spec:
+        return _from_python(spec, **kwargs)
+    raise ValueError(f"unknown controller {str(spec)!r}: use one of {CONTROLLER_NAMES}, the path of a saved "
+                     "controller (ahm.agents.controller_checkpoint.save_controller or save_mlp_policy), or "
+                     "module:attr naming a Controller in your code")
+
+
+def _from_python(spec: str, **kwargs: Any) -> Controller:
+    """The controller a ``module:attr`` spec names (:func:`make_controller`)."""
+    import importlib.util
+    import inspect
+    import sys
+
+    module_name, _, attr = spec.rpartition(":")
+    try:
+        if module_name.endswith(".py"):
+            file = Path(module_name).resolve()
+            if not file.is_file():
+                raise FileNotFoundError(f"no file {module_name!r}")
+            unique = f"_ahm_controller_{abs(hash(str(file)))}"
+            module_spec = importlib.util.spec_from_file_location(unique, file)
+            module = importlib.util.module_from_spec(module_spec)  # type: ignore[arg-type]
+            sys.modules[unique] = module  # dataclasses resolve annotations through sys.modules
+            module_spec.loader.exec_module(module)  # type: ignore[union-attr]
+        else:
+            module = importlib.import_module(module_name)
+        obj = getattr(module, attr)
+    except (ImportError, FileNotFoundError, AttributeError) as err:
+        raise ValueError(f"controller {spec!r}: cannot load {attr!r} from {module_name!r} ({err}); use "
+                         "package.module:attr or path/to/file.py:attr") from err
+    if isinstance(obj, type) or (callable(obj) and not isinstance(obj, Controller) and not any(
+            p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+            for p in inspect.signature(obj).parameters.values())):
+        obj = obj(**kwargs)  # a class or a factory
+    return as_controller(obj, name=attr if not isinstance(obj, Controller) else None)

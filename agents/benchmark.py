@@ -8,12 +8,29 @@ learned ones by checkpoint path) on every task and length with
 * ``benchmark.csv`` and ``benchmark.md``: one row per (task, length, controller) with
   the mean accuracy over seeds and its 95% Student-t confidence interval, the task's
   chance accuracy, the success rate, memory operations per 1K tokens, bytes held at
-  the end of an episode, and tokens per second (env steps only, and with the backbone
-  pass over each stream at reset);
-* ``accuracy_<task>.png``: accuracy against length (log axis), one line per controller;
+  the end of an episode, tokens per second (env steps only, and with the backbone
+  pass over each stream at reset) and the backbone the row ran on;
+* ``accuracy_<task>.png``: accuracy against length (log axis), one line per controller (distinct markers and
+  line styles, each controller's points shifted a little along the length axis, so that equal lines stay visible);
 * ``accesses_<task>.png``: one episode at the shortest length, per controller: the
   writes, reads, evictions and forgets of every working-memory slot per chunk
   (skipped, with a note, if matplotlib is not installed: ``pip install ahm-ssm[plots]``).
+
+Controllers. A heuristic by name, a saved controller by path (an SB3 checkpoint directory or a plain-torch
+MLP policy such as ``examples/reinforce.py --save`` writes), or ``module:attr`` naming a Controller in your code
+(:func:`ahm.agents.make_controller`); ``label=spec`` names an entry (two checkpoints both called ``controller``).
+
+Backbone. A learned controller runs on the backbone its checkpoint records (``env_spec.env_kwargs.backbone``,
+which ``train_rl.py`` writes), unless ``backbone`` is set: then every controller runs on that one. Heuristics and
+controllers that record none run on ``backbone`` or the env's default (the task's shipped backbone). The
+``backbone`` column says which.
+
+Resuming. Each finished cell is appended to ``benchmark.csv`` at once, so an interrupted run keeps what it
+finished. A re-run (``resume``) reuses the rows whose ``cell_id`` is unchanged: a hash of what fixes the result
+(task, length, controller name, the heuristic or the checkpoint's JSON, the backbone's files, chunk size, seeds,
+episodes, sub-envs). Controller objects and ``module:attr`` controllers have no such identity and are always
+evaluated. Rows of other (task, length, controller) cells stay in the CSV; ``benchmark.md`` and the plots show
+this run's cells.
 
 Statistics. A seed s fixes ``episodes`` task streams (every controller sees the
 same ones); the seed's accuracy is the mean over them, and the table reports the
@@ -31,6 +48,7 @@ Examples::
 
     python -m ahm.benchmark --help
     python -m ahm.benchmark --tasks AHMMemory-v0 --lengths 4K,16K --controllers none,write_all,oracle
+    python -m ahm.benchmark --controllers a=runs/a/round_1/controller,b=runs/b/round_1/controller,oracle
     python -m ahm.benchmark --lengths 10M --seeds 1      # 10M tokens: accepted, slow
 """
 
@@ -38,9 +56,13 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
+import io
+import json
 import math
+import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +71,12 @@ import numpy as np
 
 from ahm.agents import CONTROLLER_NAMES, HEURISTICS, Controller, make_controller
 from ahm.agents.base import as_controller
+from ahm.agents.benchmark_plots import (
+    LENGTH_UNITS,
+    access_image,  # noqa: F401  (re-exported: users and tests import it here)
+    format_length,
+)
+from ahm.agents.benchmark_plots import write_plots as _plots
 from ahm.agents.evaluation import (
     EvalResult,
     MemoryAccesses,
@@ -57,10 +85,12 @@ from ahm.agents.evaluation import (
     make_eval_env,
     prepare_features,
 )
+from ahm.backbone.checkpoint import atomic_write_bytes
+from ahm.envs.default_backbones import shipped_backbone_path
 from ahm.envs.registry import ENV_SPECS
 
 __all__ = ["BenchmarkConfig", "BenchmarkRow", "run_benchmark", "benchmark_table", "mean_ci95", "student_t_quantile",
-           "parse_length", "format_length", "write_csv", "DEFAULT_TASKS", "DEFAULT_LENGTHS", "MAX_LENGTH"]
+           "parse_length", "format_length", "write_csv", "read_csv", "DEFAULT_TASKS", "DEFAULT_LENGTHS", "MAX_LENGTH"]
 
 DEFAULT_TASKS = ("AHMMemory-v0", "AHMMemory-MQAR-v0", "AHMMemory-Forget-v0", "AHMMemory-Decoy-v0",
                  "AHMMemory-Copy-v0")
@@ -69,7 +99,6 @@ DEFAULT_LENGTHS = (4096, 16384, 102400, 1048576)
 """4K, 16K, 100K and 1M tokens (K = 1024, M = 1024**2)."""
 MAX_LENGTH = 10 * 2**20
 """10M tokens: the longest length the benchmark accepts (ask for it explicitly; it is slow on a CPU)."""
-_UNITS = {"K": 2**10, "M": 2**20}
 
 
 # ====================================================================== configuration
@@ -83,8 +112,9 @@ class BenchmarkConfig:
     """Episode lengths in tokens, comma-separated; K = 1024, M = 1024**2 (4K, 100K, 1M, ...); at most 10M."""
     controllers: tuple[str, ...] = CONTROLLER_NAMES
     """Controllers, comma-separated: heuristic names (none, random, write_all, lru, surprise, dedupe, update,
-    oracle) and/or
-    paths of learned controllers' checkpoints. From Python, a sequence of names, paths or Controller objects."""
+    oracle), paths of saved controllers (SB3 checkpoint directories, MLP policies such as examples/reinforce.py
+    saves) and/or module:attr naming a Controller in your code; label=spec names an entry (a=path1,b=path2).
+    From Python, a sequence of these strings or Controller objects."""
     seeds: int = 3
     """Seeds per cell (the confidence interval is over them); seed i fixes the episodes' streams."""
     first_seed: int = 0
@@ -96,13 +126,19 @@ class BenchmarkConfig:
     chunk_size: int = 256
     """Tokens per env step (chunk)."""
     backbone: str | None = None
-    """Checkpoint directory of a trained AHMModel (save_ahm_checkpoint); None: the env's default backbone."""
+    """Checkpoint directory of a trained AHMModel (save_ahm_checkpoint) for every controller; None: each learned
+    controller runs on the backbone its checkpoint records, the others on the env's default backbone."""
     out_dir: str = "benchmarks/results/controllers"
     """Where benchmark.csv, benchmark.md and the plots go."""
     plots: bool = True
     """Write the plots (needs matplotlib)."""
     threads: int = 1
     """torch threads (memory operations are tiny tensor ops: one thread is fastest on a CPU)."""
+    resume: bool = True
+    """Reuse the rows of out_dir/benchmark.csv whose cell is unchanged (an interrupted run continues where it
+    stopped); --no-resume evaluates every cell again (rows of other cells stay in the CSV either way)."""
+    progress: bool = True
+    """A progress bar over the cells (shown on a terminal only)."""
 
     def __post_init__(self) -> None:
         for name in ("seeds", "episodes", "num_envs", "chunk_size", "threads"):
@@ -139,13 +175,26 @@ class BenchmarkConfig:
             raise ValueError("--controllers must name at least one controller")
         for spec in specs:
             if isinstance(spec, (str, Path)):
-                if not (str(spec) in HEURISTICS or Path(spec).exists()):
-                    raise ValueError(f"unknown controller {str(spec)!r}: use one of {CONTROLLER_NAMES} or the path of "
-                                     "a saved learned controller")
+                label, target = _split_label(str(spec))
+                if label == "" or not (target in HEURISTICS or _is_saved(target) or ":" in target):
+                    raise ValueError(f"unknown controller {str(spec)!r}: use one of {CONTROLLER_NAMES}, the path of "
+                                     "a saved controller or module:attr, optionally named as label=spec")
             elif not (isinstance(spec, Controller) or callable(spec)):
                 raise ValueError(f"a controller must be a name, a checkpoint path or a Controller; got "
                                  f"{type(spec).__name__}")
         return specs
+
+
+def _split_label(spec: str) -> tuple[str | None, str]:
+    """``"label=spec"`` -> (label, spec); a spec without a label (or an existing path with a '=') -> (None, spec)."""
+    label, sep, target = spec.partition("=")
+    if not sep or _is_saved(spec):
+        return None, spec
+    return label.strip(), target.strip()
+
+
+def _is_saved(target: str) -> bool:
+    return Path(target).exists() or Path(target).with_suffix(".json").exists()
 
 
 def _items(value: str | Sequence[Any], name: str) -> tuple[Any, ...]:
@@ -160,7 +209,7 @@ def _items(value: str | Sequence[Any], name: str) -> tuple[Any, ...]:
 def parse_length(text: str | int) -> int:
     """``"4K"`` -> 4096, ``"100K"`` -> 102400, ``"1M"`` -> 1048576, ``"2048"`` -> 2048; at most :data:`MAX_LENGTH`."""
     s = str(text).strip().upper()
-    scale = _UNITS.get(s[-1:], 1)
+    scale = LENGTH_UNITS.get(s[-1:], 1)
     digits = s[:-1] if scale > 1 else s
     try:
         value = int(digits) * scale
@@ -170,14 +219,6 @@ def parse_length(text: str | int) -> int:
     if not 1 <= value <= MAX_LENGTH:
         raise ValueError(f"a length must be between 1 and 10M ({MAX_LENGTH}) tokens, got {text!r} = {value}")
     return value
-
-
-def format_length(tokens: int) -> str:
-    """4096 -> ``"4K"``, 1048576 -> ``"1M"``, 1000 -> ``"1000"``."""
-    for unit in ("M", "K"):
-        if tokens % _UNITS[unit] == 0:
-            return f"{tokens // _UNITS[unit]}{unit}"
-    return str(tokens)
 
 
 # ====================================================================== statistics
@@ -257,12 +298,20 @@ class BenchmarkRow:
     seeds: int
     episodes: int
     """Episodes in all (seeds x episodes per seed)."""
+    backbone: str = "default"
+    """The backbone's checkpoint directory, or ``default`` (the env's: the task's shipped backbone)."""
+    first_seed: int = 0
+    cell_id: str = ""
+    """What fixes the result, hashed (module doc, "Resuming"); "" for a controller without an identity."""
 
 
 CSV_COLUMNS = tuple(f.name for f in dataclasses.fields(BenchmarkRow))
+TIMING_COLUMNS = ("tokens_per_s", "tokens_per_s_with_resets")
+"""The columns that differ between two runs of the same cell."""
+_PARSE = {"str": str, "int": int, "float": float}
 
 
-def _row(task: str, results: Sequence[EvalResult], backbone_seconds: float) -> BenchmarkRow:
+def _row(task: str, results: Sequence[EvalResult], backbone_seconds: float, **identity: Any) -> BenchmarkRow:
     first = results[0]
     mean, ci = mean_ci95([r.accuracy for r in results])
     episodes = [e for r in results for e in r.episodes]
@@ -276,7 +325,7 @@ def _row(task: str, results: Sequence[EvalResult], backbone_seconds: float) -> B
         bytes_held=float(np.mean([e.bytes_held for e in episodes])),
         tokens_per_s=tokens / step_s if step_s > 0 else math.inf,
         tokens_per_s_with_resets=tokens / (step_s + backbone_seconds) if step_s + backbone_seconds > 0 else math.inf,
-        seeds=len(results), episodes=len(episodes))
+        seeds=len(results), episodes=len(episodes), **identity)
 
 
 def _fmt(x: float, spec: str) -> str:
@@ -284,43 +333,152 @@ def _fmt(x: float, spec: str) -> str:
 
 
 def benchmark_table(rows: Sequence[BenchmarkRow | Mapping[str, Any]]) -> str:
-    """The rows as a markdown table (accuracy as ``mean ± ci95``; ``n/a`` where undefined)."""
+    """The rows as a markdown table (accuracy as ``mean ± ci95``; ``n/a`` where undefined); a last column names
+    each row's backbone when any row ran on another than the env's default."""
+    dicts = [dataclasses.asdict(row) if isinstance(row, BenchmarkRow) else dict(row) for row in rows]
+    extra = any(r.get("backbone", "default") != "default" for r in dicts)
     lines = ["| task | length | controller | accuracy (95% CI) | chance | success | ops / 1K tokens | bytes held | "
-             "tokens/s (steps) | tokens/s (with resets) |",
-             "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for row in rows:
-        r = dataclasses.asdict(row) if isinstance(row, BenchmarkRow) else dict(row)
+             "tokens/s (steps) | tokens/s (with resets) |" + (" backbone |" if extra else ""),
+             "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |" + (" --- |" if extra else "")]
+    for r in dicts:
         ci = float(r["accuracy_ci95"])
         accuracy = f"{float(r['accuracy_mean']):.3f}" + ("" if math.isnan(ci) else f" ± {ci:.3f}")
         lines.append(f"| {r['task']} | {format_length(int(r['length']))} | {r['controller']} | {accuracy} | "
                      f"{_fmt(float(r['chance_accuracy']), '.3g')} | {float(r['success_rate']):.2f} | "
                      f"{float(r['ops_per_1k_tokens']):.1f} | {float(r['bytes_held']):,.0f} | "
-                     f"{float(r['tokens_per_s']):,.0f} | {float(r['tokens_per_s_with_resets']):,.0f} |")
+                     f"{float(r['tokens_per_s']):,.0f} | {float(r['tokens_per_s_with_resets']):,.0f} |"
+                     + (f" {r.get('backbone', 'default')} |" if extra else ""))
     return "\n".join(lines)
 
 
 def write_csv(rows: Sequence[BenchmarkRow], path: str | Path) -> None:
-    """The rows as CSV with the columns :data:`CSV_COLUMNS` (NaN written as ``nan``)."""
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow(dataclasses.asdict(row))
+    """The rows as CSV with the columns :data:`CSV_COLUMNS` (NaN written as ``nan``), atomically."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=CSV_COLUMNS)
+    writer.writeheader()
+    writer.writerows(dataclasses.asdict(row) for row in rows)
+    atomic_write_bytes(Path(path), text.getvalue().encode())
+
+
+def _append_csv(row: BenchmarkRow, path: Path) -> None:
+    """One finished cell, appended and flushed to disk (an interrupted run keeps it)."""
+    with open(path, "a", newline="") as f:
+        csv.DictWriter(f, fieldnames=CSV_COLUMNS).writerow(dataclasses.asdict(row))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_csv(path: str | Path) -> list[BenchmarkRow]:
+    """The rows of a :func:`write_csv` file (floats round-trip exactly); a row cut short by a crash is skipped.
+
+    Raises:
+        ValueError: the header is not :data:`CSV_COLUMNS` (a file of another version or program).
+    """
+    types = {f.name: _PARSE[str(f.type)] for f in dataclasses.fields(BenchmarkRow)}
+    rows = []
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if tuple(reader.fieldnames or ()) != CSV_COLUMNS:
+            raise ValueError(f"{path} has columns {reader.fieldnames}, expected {list(CSV_COLUMNS)}")
+        for record in reader:
+            try:
+                rows.append(BenchmarkRow(**{k: types[k](record[k]) for k in CSV_COLUMNS}))
+            except (TypeError, ValueError):
+                continue
+    return rows
 
 
 # ====================================================================== running
-def _instantiate(spec: str | Path | Controller, cache: dict[str, Controller]) -> Controller:
-    """A heuristic fresh for every evaluation (so results do not depend on the order of evaluations); a checkpoint
-    loaded once and named after its directory (two checkpoints of one algorithm would share its name); a given
-    object as is."""
-    if isinstance(spec, str) and spec in HEURISTICS:
-        return make_controller(spec)
-    if isinstance(spec, (str, Path)):
-        key = str(spec)
-        if key not in cache:
-            cache[key] = make_controller(spec, name=Path(spec).resolve().name)
-        return cache[key]
-    return as_controller(spec)
+@dataclass(frozen=True)
+class _Entry:
+    """One controller of the benchmark, resolved: its name, how to get it, its backbone and identity."""
+
+    name: str
+    make: Callable[[], Controller]
+    """A heuristic afresh for every evaluation (results do not depend on the order); anything else as loaded."""
+    backbone: str | None
+    """The env's backbone argument (None: the env's default)."""
+    identity: str | None
+    """The heuristic or the checkpoint JSON's hash; None: no identity, never reused (module doc, "Resuming")."""
+
+
+def _entries(config: BenchmarkConfig) -> list[_Entry]:
+    """The controllers of ``config``, each loaded once, with their backbones; duplicate names are refused."""
+    from ahm.agents.controller_checkpoint import checkpoint_files, recorded_backbone
+
+    out = []
+    for spec in config.controller_specs():
+        if not isinstance(spec, (str, Path)):
+            controller = as_controller(spec)
+            out.append(_Entry(controller.name, lambda c=controller: c, config.backbone, None))
+            continue
+        label, target = _split_label(str(spec))
+        if target in HEURISTICS:
+            name = label or make_controller(target).name
+            out.append(_Entry(name, lambda t=target, n=name: make_controller(t, name=n), config.backbone,
+                              f"heuristic:{target}"))
+        elif _is_saved(target):
+            path = Path(target)
+            name = label or (path.resolve().name if path.is_dir() else path.stem)
+            controller = make_controller(path, name=name)
+            identity = hashlib.sha256(checkpoint_files(path)[0].read_bytes()).hexdigest()
+            backbone = config.backbone or _locate_backbone(recorded_backbone(path), path, name)
+            out.append(_Entry(name, lambda c=controller: c, backbone, f"checkpoint:{identity}"))
+        else:  # module:attr
+            controller = make_controller(target, name=label)
+            out.append(_Entry(controller.name, lambda c=controller: c, config.backbone, None))
+    names = [e.name for e in out]
+    for name in names:
+        if names.count(name) > 1:
+            raise ValueError(f"two controllers are named {name!r}; give each a distinct name attribute, or label "
+                             "them on the command line: --controllers a=path/one,b=path/two")
+    return out
+
+
+def _locate_backbone(recorded: str | None, checkpoint: Path, name: str) -> str | None:
+    """The recorded backbone directory as given, or found under one of the checkpoint's parent directories (a
+    path relative to where training ran); None when the checkpoint records none."""
+    if recorded is None:
+        return None
+    candidates = [Path(recorded)] + ([] if Path(recorded).is_absolute() else
+                                     [parent / recorded for parent in checkpoint.resolve().parents])
+    for candidate in candidates:
+        if candidate.is_dir():
+            return str(candidate)
+    raise ValueError(f"controller {name!r} was trained on the backbone {recorded!r}, which does not exist here; "
+                     "pass --backbone DIR to evaluate every controller on that backbone")
+
+
+def _file_hash(directory: Path) -> str:
+    digest = hashlib.sha256()
+    for file in sorted(p for p in directory.rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(directory)).encode() + b"\0" + file.read_bytes())
+    return digest.hexdigest()
+
+
+def _cell_id(task: str, length: int, entry: _Entry, config: BenchmarkConfig, hashes: dict[str, str]) -> str:
+    """The row's ``cell_id`` (module doc, "Resuming"); "" for a controller without an identity."""
+    if entry.identity is None:
+        return ""
+    directory = Path(entry.backbone) if entry.backbone else shipped_backbone_path(ENV_SPECS[task].task)
+    key = str(directory)
+    if key not in hashes:
+        hashes[key] = _file_hash(directory) if directory is not None and directory.is_dir() else key
+    fields = [task, length, entry.name, entry.identity, hashes[key], config.chunk_size, config.first_seed,
+              config.seeds, config.episodes, min(config.num_envs, config.episodes)]
+    return hashlib.sha256(json.dumps(fields).encode()).hexdigest()[:16]
+
+
+def _previous_rows(path: Path, say: Any) -> list[BenchmarkRow]:
+    """The rows of an earlier run's CSV; a CSV of another layout is moved aside to ``benchmark.csv.old``."""
+    if not path.exists():
+        return []
+    try:
+        return read_csv(path)
+    except (ValueError, UnicodeDecodeError) as err:
+        os.replace(path, path.with_suffix(".csv.old"))
+        say(f"{path} is not this benchmark's CSV ({err}); moved it to {path.with_suffix('.csv.old')}")
+        return []
 
 
 def _warm_up(task: str, chunk_size: int, backbone: str | None) -> None:
@@ -339,140 +497,82 @@ def run_benchmark(config: BenchmarkConfig, log: Any = print) -> list[BenchmarkRo
     """Evaluate every controller on every task and length (module doc); write the CSV, markdown and plots.
 
     Controllers in ``config.controllers`` may be Controller objects (e.g. a freshly trained one) besides names
-    and checkpoint paths. ``log`` receives one progress line per cell (None: silent). Returns the rows, ordered
-    task, length, controller.
+    and checkpoint paths. ``log`` receives one progress line per cell (None: silent). Every finished cell is
+    appended to ``benchmark.csv`` at once; with ``config.resume`` the cells already there are reused (module doc).
+    Returns the rows, ordered task, length, controller.
     """
     import torch
+    from tqdm import tqdm
 
-    say = log if log is not None else (lambda *_: None)
     torch.set_num_threads(config.threads)
-    tasks, lengths, specs = config.task_list(), config.length_list(), config.controller_specs()
+    tasks, lengths = config.task_list(), config.length_list()
+    entries = _entries(config)
     seeds = [config.first_seed + i for i in range(config.seeds)]
     streams = {s: evaluation_stream_seeds(s, config.episodes) for s in seeds}
     all_streams = tuple(dict.fromkeys(x for s in seeds for x in streams[s]))
     num_envs = min(config.num_envs, config.episodes)
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    loaded: dict[str, Controller] = {}
+    csv_path = out / "benchmark.csv"
+    bar = tqdm(total=len(tasks) * len(lengths) * len(entries), desc="benchmark", unit="cell",
+               disable=None if config.progress else True)
+    say = (lambda *_: None) if log is None else (bar.write if log is print and not bar.disable else log)
 
-    rows: list[BenchmarkRow] = []
+    hashes: dict[str, str] = {}
+    ids = {(t, n, e.name): _cell_id(t, n, e, config, hashes) for t in tasks for n in lengths for e in entries}
+    previous = _previous_rows(csv_path, say)
+    others = [r for r in previous if (r.task, r.length, r.controller) not in ids]
+    done = {key: r for r in previous if (key := (r.task, r.length, r.controller)) in ids and r.cell_id
+            and r.cell_id == ids[key] and config.resume}
+    if done:
+        say(f"resuming: {len(done)} of {len(ids)} cells are in {csv_path} already")
+    write_csv(others + list(done.values()), csv_path)
+    bar.update(len(done))
+
     accesses: dict[str, dict[str, MemoryAccesses]] = {}
-    _warm_up(tasks[0], config.chunk_size, config.backbone)
+    warm = False
     for task in tasks:
         for length in lengths:
-            try:
-                env = make_eval_env(task, num_envs=num_envs, stream_seeds=all_streams, seq_len=length,
-                                    chunk_size=config.chunk_size, backbone=config.backbone)
-            except ValueError as err:  # e.g. a task that does not fit in so few chunks
-                say(f"skipped {task} at {format_length(length)} tokens: {err}")
-                continue
-            backbone_seconds = {s: prepare_features(env, streams[s]) for s in seeds}
-            names: set[str] = set()
-            for spec in specs:
-                results = []
-                for s in seeds:
-                    controller = _instantiate(spec, loaded)
-                    record = config.plots and length == min(lengths) and s == seeds[0]
-                    results.append(evaluate(controller, env, episodes=config.episodes, seed=s,
-                                            record_accesses=record))
-                name = results[0].controller
-                if name in names:
-                    raise ValueError(f"two controllers are named {name!r}; give each a distinct name attribute")
-                names.add(name)
-                row = _row(task, results, sum(backbone_seconds.values()))
-                rows.append(row)
-                if results[0].accesses is not None:
-                    accesses.setdefault(task, {})[name] = results[0].accesses
-                say(f"{task} {format_length(length)} {name}: accuracy {row.accuracy_mean:.3f} "
-                    f"(ci95 {row.accuracy_ci95:.3f}), {row.ops_per_1k_tokens:.1f} ops/1K, "
-                    f"{row.tokens_per_s:,.0f} tokens/s")
-            env.close()
+            groups: dict[str | None, list[_Entry]] = {}  # controllers by backbone: one env (and its features) each
+            for e in entries:
+                if (task, length, e.name) not in done:
+                    groups.setdefault(e.backbone, []).append(e)
+            for backbone, group in groups.items():
+                if not warm:
+                    _warm_up(task, config.chunk_size, backbone)
+                    warm = True
+                try:
+                    env = make_eval_env(task, num_envs=num_envs, stream_seeds=all_streams, seq_len=length,
+                                        chunk_size=config.chunk_size, backbone=backbone)
+                except ValueError as err:  # e.g. a task that does not fit in so few chunks
+                    say(f"skipped {task} at {format_length(length)} tokens: {err}")
+                    bar.update(len(group))
+                    continue
+                backbone_seconds = sum(prepare_features(env, streams[s]) for s in seeds)
+                for e in group:
+                    record = config.plots and length == min(lengths)
+                    results = [evaluate(e.make(), env, episodes=config.episodes, seed=s,
+                                        record_accesses=record and s == seeds[0]) for s in seeds]
+                    row = _row(task, results, backbone_seconds, backbone=backbone or "default",
+                               first_seed=config.first_seed, cell_id=ids[task, length, e.name])
+                    row = dataclasses.replace(row, controller=e.name)
+                    done[task, length, e.name] = row
+                    _append_csv(row, csv_path)
+                    if results[0].accesses is not None:
+                        accesses.setdefault(task, {})[e.name] = results[0].accesses
+                    say(f"{task} {format_length(length)} {e.name}: accuracy {row.accuracy_mean:.3f} "
+                        f"(ci95 {row.accuracy_ci95:.3f}), {row.ops_per_1k_tokens:.1f} ops/1K, "
+                        f"{row.tokens_per_s:,.0f} tokens/s")
+                    bar.update(1)
+                env.close()
+    bar.close()
 
-    write_csv(rows, out / "benchmark.csv")
+    rows = [done[key] for key in ids if key in done]
+    write_csv(others + rows, csv_path)
     (out / "benchmark.md").write_text(benchmark_table(rows) + "\n")
     if config.plots:
         _plots(rows, accesses, out, say)
     return rows
-
-
-# ====================================================================== plots
-_ACCESS_COLORS = ("white", "tab:blue", "tab:gray", "tab:green", "tab:orange", "tab:red")
-_ACCESS_LABELS = ("none", "read (top-1)", "forget", "write", "write, old entry moved to LTM",
-                  "write, old entry dropped")
-
-
-def access_image(acc: MemoryAccesses) -> np.ndarray:
-    """(K + 1, T) int codes of :data:`_ACCESS_LABELS` per slot and chunk; the last row is the long-term memory.
-
-    Within a step, later operations win (read, then forget, then write: the env's order).
-    """
-    k = acc.writes.shape[1]
-    image = np.zeros((k + 1, len(acc.writes)), dtype=np.int64)
-    for code, events in ((1, acc.wm_reads), (2, acc.forgets), (3, acc.writes), (4, acc.moved_to_ltm),
-                         (5, acc.dropped)):
-        image[:k][events.T] = code
-    image[k][acc.ltm_reads] = 1
-    image[k][acc.ltm_forgets] = 2
-    image[k][acc.moved_to_ltm.any(1)] = 4
-    return image
-
-
-def _plots(rows: Sequence[BenchmarkRow], accesses: Mapping[str, Mapping[str, MemoryAccesses]], out: Path,
-           say: Any) -> list[Path]:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from matplotlib.colors import ListedColormap
-        from matplotlib.patches import Patch
-    except ImportError:
-        say("matplotlib is not installed: no plots (pip install 'ahm-ssm[plots]')")
-        return []
-    written = []
-    for task in dict.fromkeys(r.task for r in rows):
-        cell = [r for r in rows if r.task == task]
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for name in dict.fromkeys(r.controller for r in cell):
-            mine = sorted((r for r in cell if r.controller == name), key=lambda r: r.length)
-            ci = [0.0 if math.isnan(r.accuracy_ci95) else r.accuracy_ci95 for r in mine]
-            ax.errorbar([r.length for r in mine], [r.accuracy_mean for r in mine], yerr=ci, marker="o", capsize=3,
-                        label=name)
-        chance = cell[0].chance_accuracy
-        if not math.isnan(chance):
-            ax.axhline(chance, color="black", linestyle=":", linewidth=1, label="chance")
-        ax.set_xscale("log")
-        ax.minorticks_off()  # the log axis' minor labels (2 x 10^3, ...) collide with the K / M labels
-        lengths = sorted({r.length for r in cell})
-        ax.set_xticks(lengths, [format_length(x) for x in lengths])
-        ax.set_ylim(-0.02, 1.02)
-        ax.set(xlabel="sequence length (tokens)", ylabel="accuracy (mean, 95% CI over seeds)", title=task)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = out / f"accuracy_{task}.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        written.append(path)
-    cmap = ListedColormap(_ACCESS_COLORS)
-    for task, per_controller in accesses.items():
-        fig, axes = plt.subplots(len(per_controller), 1, figsize=(8, 1.6 + 1.1 * len(per_controller)), squeeze=False)
-        for ax, (name, acc) in zip(axes[:, 0], per_controller.items()):
-            image = access_image(acc)
-            ax.imshow(image, cmap=cmap, vmin=0, vmax=len(_ACCESS_COLORS) - 1, aspect="auto", interpolation="nearest")
-            k = image.shape[0] - 1
-            ax.set_yticks([0, k - 1, k], ["slot 0", f"slot {k - 1}", "LTM"], fontsize=6)
-            ax.set_ylabel(name, fontsize=7)
-        axes[-1, 0].set_xlabel("chunk")
-        fig.legend(handles=[Patch(color=c, label=label) for c, label in zip(_ACCESS_COLORS[1:], _ACCESS_LABELS[1:])],
-                   loc="lower center", ncol=3, fontsize=6)
-        steps = max(len(a.writes) for a in per_controller.values())
-        fig.suptitle(f"{task}: memory accesses in one episode ({steps} chunks)", fontsize=9)
-        fig.tight_layout(rect=(0, 0.5 / fig.get_figheight(), 1, 1))  # room for the legend: half an inch
-        path = out / f"accesses_{task}.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        written.append(path)
-    return written
 
 
 # ====================================================================== entry point

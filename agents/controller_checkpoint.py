@@ -6,6 +6,12 @@
   the hyperparameters, the training env's description and the weights' SHA-256).
 * :func:`load_controller` - the :class:`~ahm.agents.sb3_controllers.SB3Controller` of such a directory
   (the header checked by :func:`ahm.backbone.checkpoint.read_bundle_meta`).
+* :func:`save_mlp_policy` / :func:`load_mlp_policy` - a plain-torch policy (an MLP over the concatenated
+  observation: linear layers, layer norms and activations) as a ``TorchPolicyController``, without SB3 and
+  without its Python class: the JSON lists the layers, so a policy trained by any RL code (e.g.
+  ``examples/reinforce.py``) loads wherever a checkpoint path is accepted (the benchmark CLI).
+* :func:`checkpoint_meta`, :func:`recorded_backbone` - a checkpoint's JSON header (either format) and the
+  backbone directory its training env used (the benchmark evaluates the controller on it).
 """
 
 from __future__ import annotations
@@ -29,12 +35,17 @@ from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from torch import nn
 
 from ahm.agents.policies import FEATURE_EXTRACTORS
-from ahm.agents.sb3_controllers import ALGORITHMS, AlgoSpec, SB3Controller, algo_name
-from ahm.backbone.checkpoint import atomic_write_bytes, read_bundle_meta, write_bundle_meta
+from ahm.agents.sb3_controllers import ALGORITHMS, AlgoSpec, SB3Controller, TorchPolicyController, algo_name
+from ahm.backbone.checkpoint import atomic_write_bytes, read_bundle_meta, state_dict_for_saving, write_bundle_meta
 
-__all__ = ["save_controller", "load_controller"]
+__all__ = ["save_controller", "load_controller", "save_mlp_policy", "load_mlp_policy", "MLPPolicy", "checkpoint_meta",
+           "checkpoint_files", "recorded_backbone", "CONTROLLER_FORMAT", "MLP_POLICY_FORMAT"]
 
 _FORMAT, _VERSION = "ahm-controller", 1
+CONTROLLER_FORMAT = _FORMAT
+"""The ``format`` of an SB3 controller checkpoint's JSON (:func:`save_controller`)."""
+MLP_POLICY_FORMAT, _MLP_VERSION = "ahm-torch-policy", 1
+"""The ``format`` of a plain-torch MLP policy's JSON (:func:`save_mlp_policy`)."""
 _WEIGHTS, _META = "controller.safetensors", "controller.json"
 _HINT = "write one with save_controller"
 
@@ -228,3 +239,180 @@ def load_controller(path: str | Path, deterministic: bool = True, device: str = 
     model.num_timesteps = int(meta.get("num_timesteps", 0))
     model.policy.set_training_mode(False)
     return SB3Controller(model, deterministic=deterministic, name=name)
+
+
+# ====================================================================== plain-torch MLP policies
+_ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU,
+                                            "sigmoid": nn.Sigmoid, "identity": nn.Identity}
+"""Parameter-free layers an MLP policy checkpoint may hold, by the name its JSON uses."""
+_MLP_HINT = "write one with ahm.agents.controller_checkpoint.save_mlp_policy"
+
+
+class MLPPolicy(nn.Module):
+    """The policy of an MLP checkpoint: observation ``{key: (b, ...)}`` -> logits ``(b, sum(nvec))``.
+
+    The observation's ``keys`` are flattened and concatenated in order, ``(b, F)``, then go through ``layers``.
+    """
+
+    def __init__(self, keys: list[str], layers: nn.Sequential) -> None:
+        super().__init__()
+        self.keys, self.layers = list(keys), layers
+
+    def forward(self, observation: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        missing = [k for k in self.keys if k not in observation]
+        if missing:
+            raise ValueError(f"the MLP policy reads observation keys {missing}, which this env does not have")
+        x = torch.cat([observation[k].reshape(len(observation[k]), -1).float() for k in self.keys], dim=1)  # (b, F)
+        first = next((m for m in self.layers if isinstance(m, nn.Linear)), None)
+        if first is not None and x.shape[1] != first.in_features:
+            raise ValueError(f"the MLP policy expects {first.in_features} observation features, the env gives "
+                             f"{x.shape[1]}: evaluate it on an env with the spaces it was trained on")
+        return self.layers(x)
+
+
+def checkpoint_files(path: str | Path) -> tuple[Path, Path]:
+    """(JSON, weights) of a checkpoint: a directory holds ``controller.json`` and ``controller.safetensors``; a
+    file ``X.safetensors`` (or ``X.json``) has its other half beside it."""
+    path = Path(path)
+    if path.is_dir():
+        return path / _META, path / _WEIGHTS
+    if path.suffix == ".json":
+        return path, path.with_suffix(".safetensors")
+    return path.with_suffix(".json"), path
+
+
+def checkpoint_meta(path: str | Path) -> dict[str, Any]:
+    """The JSON header of a controller checkpoint of either format (its ``format`` says which)."""
+    meta_path, _ = checkpoint_files(path)
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{str(path)!r} is not a saved controller: no {meta_path.name} "
+                                f"({_HINT}, or save_mlp_policy for a plain-torch policy)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{meta_path} is not a saved controller's JSON ({err})") from err
+    if not isinstance(meta, dict) or meta.get("format") not in (_FORMAT, MLP_POLICY_FORMAT):
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise ValueError(f"{meta_path} has format {found!r}; a controller checkpoint has format {_FORMAT!r} "
+                         f"(save_controller) or {MLP_POLICY_FORMAT!r} (save_mlp_policy)")
+    return meta
+
+
+def recorded_backbone(path: str | Path) -> str | None:
+    """The backbone directory recorded in a checkpoint's ``env_spec`` (``env_kwargs.backbone``), or None when it
+    records none or only a model object's class name (``"<AHMModel object>"``: not recoverable)."""
+    spec = checkpoint_meta(path).get("env_spec") or {}
+    backbone = (spec.get("env_kwargs") or {}).get("backbone") if isinstance(spec, Mapping) else None
+    if not isinstance(backbone, str) or backbone.startswith("<"):
+        return None
+    return backbone
+
+
+def _mlp_layers(module: nn.Module, names: list[str]) -> list[tuple[str, nn.Module]]:
+    out: list[tuple[str, nn.Module]] = []
+    for name in names:
+        sub = module.get_submodule(name) if name else module
+        if isinstance(sub, nn.Sequential):
+            out += _mlp_layers(module, [f"{name}.{i}" if name else str(i) for i in range(len(sub))])
+        else:
+            out.append((name, sub))
+    return out
+
+
+def _layer_spec(name: str, layer: nn.Module) -> dict[str, Any]:
+    if isinstance(layer, nn.Linear):
+        return {"type": "linear", "name": name}
+    if isinstance(layer, nn.LayerNorm):
+        return {"type": "layer_norm", "name": name, "eps": float(layer.eps)}
+    kinds = {cls: kind for kind, cls in _ACTIVATIONS.items()}
+    if type(layer) in kinds and not (isinstance(layer, nn.GELU) and layer.approximate != "none"):
+        return {"type": kinds[type(layer)]}
+    raise ValueError(f"layer {name!r} is a {type(layer).__name__}; an MLP policy checkpoint holds nn.Linear, "
+                     f"nn.LayerNorm and {[c.__name__ for c in _ACTIVATIONS.values()]} only (for other modules, "
+                     "evaluate a TorchPolicyController from Python or name it as module:attr on the command line)")
+
+
+def save_mlp_policy(path: str | Path, module: nn.Module, layers: list[str], observation_keys: list[str],
+                    nvec: Any, name: str | None = None, env_spec: Mapping[str, Any] | None = None,
+                    extra: Mapping[str, Any] | None = None) -> Path:
+    """Save a plain-torch MLP policy so that :func:`load_mlp_policy` (and the benchmark) runs it; returns ``path``.
+
+    The policy's logits are ``layers`` applied in order to the observation's ``observation_keys``, flattened and
+    concatenated: ``(b, F) -> (b, sum(nvec))``. Each name in ``layers`` is a submodule of ``module``
+    (``module.get_submodule``; an ``nn.Sequential`` stands for its children): ``nn.Linear``, ``nn.LayerNorm`` or a
+    parameter-free activation. Heads that do not act (a value head) are left out of ``layers`` but kept in the
+    weights file, which is the whole ``module.state_dict()`` (so your own code can rebuild ``module`` from it).
+
+    ``path`` is ``X.safetensors`` (the JSON goes to ``X.json``) or a directory (``controller.safetensors`` and
+    ``controller.json``). ``env_spec`` describes the training env as :func:`save_controller`'s does (its
+    ``env_kwargs.backbone``, a directory, is the backbone the benchmark evaluates on); ``extra`` is any JSON-able
+    data of yours, stored under ``"extra"``.
+    """
+    specs = [_layer_spec(n, m) for n, m in _mlp_layers(module, list(layers))]
+    linear = [m for _, m in _mlp_layers(module, list(layers)) if isinstance(m, nn.Linear)]
+    nvec = [int(n) for n in np.asarray(nvec).reshape(-1)]
+    if not linear or linear[-1].out_features != sum(nvec):
+        raise ValueError(f"the last linear layer of {layers} must output sum(nvec) = {sum(nvec)} logits, got "
+                         f"{linear[-1].out_features if linear else 'no linear layer'}")
+    blob = save_safetensors_bytes(state_dict_for_saving(module))
+    try:
+        tail = json.loads(json.dumps({"env_spec": dict(env_spec or {}), "extra": dict(extra or {})}, allow_nan=False))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"env_spec and extra must be JSON-able: {err}") from err
+    meta_path, weights_path = checkpoint_files(path)
+    if Path(path).suffix not in (".safetensors", ".json"):
+        Path(path).mkdir(parents=True, exist_ok=True)
+        meta_path, weights_path = checkpoint_files(path)
+    atomic_write_bytes(weights_path, blob)
+    write_bundle_meta(meta_path, MLP_POLICY_FORMAT, _MLP_VERSION, {
+        "name": name or (Path(path).stem if Path(path).suffix else Path(path).name),
+        "observation_keys": list(observation_keys), "nvec": nvec, "layers": specs,
+        "weights_sha256": hashlib.sha256(blob).hexdigest(), **tail})
+    return Path(path)
+
+
+def load_mlp_policy(path: str | Path, name: str | None = None, device: str = "cpu") -> TorchPolicyController:
+    """The :class:`~ahm.agents.sb3_controllers.TorchPolicyController` of a :func:`save_mlp_policy` checkpoint
+    (masked argmax per component); the network is rebuilt from the JSON's layer list, no code is loaded.
+
+    Raises:
+        FileNotFoundError: a file is missing. ValueError: a file is corrupted or the weights do not fit the layers.
+    """
+    meta_path, weights_path = checkpoint_files(path)
+    what = f"MLP policy checkpoint {str(path)!r}"
+    meta = read_bundle_meta(meta_path, MLP_POLICY_FORMAT, _MLP_VERSION, what, "a saved MLP policy", _MLP_HINT)
+    if not weights_path.is_file():
+        raise FileNotFoundError(f"{what} has no {weights_path.name} ({_MLP_HINT})")
+    blob = weights_path.read_bytes()
+    if hashlib.sha256(blob).hexdigest() != meta.get("weights_sha256"):
+        raise ValueError(f"{what}: {weights_path.name} is corrupted (its SHA-256 differs from the one recorded in "
+                         f"{meta_path.name}); save the policy again")
+    weights = load_safetensors_bytes(blob)
+    modules: list[nn.Module] = []
+    width = None
+    try:
+        for spec in meta["layers"]:
+            kind = spec["type"]
+            if kind == "linear":
+                w, b = weights[f"{spec['name']}.weight"], weights.get(f"{spec['name']}.bias")
+                if width is not None and w.shape[1] != width:
+                    raise ValueError(f"layer {spec['name']!r} takes {w.shape[1]} inputs after a layer of {width}")
+                layer: nn.Module = nn.Linear(w.shape[1], w.shape[0], bias=b is not None)
+                layer.load_state_dict({"weight": w, **({"bias": b} if b is not None else {})})
+                width = w.shape[0]
+            elif kind == "layer_norm":
+                w, b = weights[f"{spec['name']}.weight"], weights[f"{spec['name']}.bias"]
+                layer = nn.LayerNorm(w.shape[0], eps=float(spec["eps"]))
+                layer.load_state_dict({"weight": w, "bias": b})
+            elif kind in _ACTIVATIONS:
+                layer = _ACTIVATIONS[kind]()
+            else:
+                raise ValueError(f"unknown layer type {kind!r}")
+            modules.append(layer)
+        nvec = [int(n) for n in meta["nvec"]]
+        if width != sum(nvec):
+            raise ValueError(f"the layers output {width} logits, nvec {nvec} needs {sum(nvec)}")
+        policy = MLPPolicy(list(meta["observation_keys"]), nn.Sequential(*modules)).to(device).eval()
+    except (KeyError, TypeError, RuntimeError, ValueError) as err:
+        raise ValueError(f"{what}: the weights do not fit the layers in {meta_path.name} ({err!r})") from err
+    return TorchPolicyController(policy, nvec=nvec, name=name or str(meta.get("name") or Path(path).stem))

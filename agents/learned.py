@@ -68,7 +68,8 @@ from ahm.envs.vector_env import AHMMemoryVectorEnv
 
 __all__ = [
     "ALGORITHMS", "SB3Controller", "TorchPolicyController", "ControllerTrainConfig", "MemoryLoggingCallback",
-    "ControllerFit", "fit_controller", "train_controller", "make_train_env", "evaluate_episodes", "env_spec_of",
+    "ControllerFit", "ProgressBarCallback", "fit_controller", "train_controller", "make_train_env",
+    "evaluate_episodes", "env_spec_of",
     "save_controller", "load_controller", "algo_name", "Demonstrations", "collect_demonstrations", "imitate",
 ]
 
@@ -172,6 +173,8 @@ class ControllerTrainConfig:
     """Write SB3's logs (rollout/, train/, memory/, reward/, eval/) every this many rollouts."""
     verbose: int = 0
     """SB3's verbosity (0 quiet, 1 tables on stdout)."""
+    progress: bool = False
+    """A progress bar (tqdm) over the RL phase's timesteps (shown on a terminal only)."""
 
     def __post_init__(self) -> None:
         if self.algo not in ALGORITHMS:
@@ -389,6 +392,30 @@ class MemoryLoggingCallback(BaseCallback):
         return result
 
 
+class ProgressBarCallback(BaseCallback):
+    """A tqdm bar over the timesteps of ``learn`` (SB3's own ``progress_bar=True`` needs ``rich``).
+
+    ``disable=None``: shown on a terminal only, so logs and tests stay clean.
+    """
+
+    def __init__(self, desc: str = "rl", disable: bool | None = None) -> None:
+        super().__init__()
+        self.desc, self.disable, self.bar = desc, disable, None
+
+    def _on_training_start(self) -> None:
+        from tqdm import tqdm
+
+        total = self.locals["total_timesteps"] - self.model.num_timesteps  # learn() adds the continued count
+        self.bar = tqdm(total=total, desc=self.desc, unit="step", disable=self.disable)
+
+    def _on_step(self) -> bool:
+        self.bar.update(self.training_env.num_envs)
+        return True
+
+    def _on_training_end(self) -> None:
+        self.bar.close()
+
+
 def _policy_kwargs(config: ControllerTrainConfig) -> dict[str, Any] | None:
     if config.features == "slots":
         return {**slot_policy_kwargs(), **config.policy_kwargs}
@@ -479,6 +506,8 @@ def fit_controller(config: ControllerTrainConfig, model: OnPolicyAlgorithm | Non
         fields["backbone"] = vector_env.episodes.model  # share the frozen backbone: no second copy
         eval_env = AHMMemoryVectorEnv(num_envs=config.eval_episodes, **fields)
     logging_cb = MemoryLoggingCallback(eval_env, config.eval_freq, eval_seed=config.seed + 10_000)
+    if config.progress and config.total_timesteps:
+        callbacks = [*callbacks, ProgressBarCallback(f"{config.algo} ({config.total_timesteps} steps)")]
     model.learn(total_timesteps=config.total_timesteps, callback=CallbackList([logging_cb, *callbacks]),
                 log_interval=config.log_interval, tb_log_name=config.algo, reset_num_timesteps=reset)
     if eval_env is not None:

@@ -18,11 +18,13 @@ Per update, run E episodes; for every step t of an episode:
 where log pi(a | s) and H are sums over the 5 independent components.
 
 The trained policy is a batched ``ahm.agents.Controller`` (:class:`ReinforceController`), so the
-controller benchmark and ``train_lm.py`` can run it like any other.
+controller benchmark and ``train_lm.py`` can run it like any other; ``--save`` writes it as an MLP policy
+checkpoint (:func:`ahm.agents.controller_checkpoint.save_mlp_policy`) that the benchmark loads by its path.
 
 Run::
 
     python examples/reinforce.py --seq-len 4096 --updates 50 --save runs/reinforce.safetensors
+    python -m ahm.benchmark --tasks AHMMemory-v0 --lengths 4K --controllers reinforce=runs/reinforce.safetensors,lru
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from typing import Any, NamedTuple
 import gymnasium as gym
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from ahm.cli import parse_config
@@ -73,7 +75,8 @@ class ReinforceConfig:
     seed: int = 0
     """Seeds the policy's initialisation, the action sampling and the env."""
     save: str | None = None
-    """Write the trained policy here (safetensors, with a .json beside it); None: do not save."""
+    """Write the trained policy here (X.safetensors, with X.json beside it; the benchmark loads it by this path);
+    None: do not save."""
 
     def __post_init__(self) -> None:
         for name in ("seq_len", "chunk_size", "updates", "episodes_per_update", "hidden"):
@@ -252,20 +255,26 @@ def train(config: ReinforceConfig, log: Any = print) -> ReinforceResult:
     return ReinforceResult(policy, ReinforceController(policy), history)
 
 
-def save_policy(path: str | Path, policy: ReinforcePolicy, config: ReinforceConfig) -> None:
-    """The policy's weights (safetensors) and, beside them, a JSON with what rebuilds it (:func:`load_policy`)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in policy.state_dict().items()}, str(path))
-    meta = {"obs_sizes": policy.obs_sizes, "nvec": policy.nvec, "hidden": config.hidden, "config": asdict(config)}
-    path.with_suffix(".json").write_text(json.dumps(meta, indent=1))
+def save_policy(path: str | Path, policy: ReinforcePolicy, config: ReinforceConfig) -> Path:
+    """The policy as a checkpoint the benchmark loads (``python -m ahm.benchmark --controllers reinforce=PATH``).
+
+    ``path`` (``X.safetensors``) gets every weight, the value head included; ``X.json`` beside it lists the
+    acting layers (body, then the logits head) for :func:`ahm.agents.controller_checkpoint.load_mlp_policy`, and
+    keeps what :func:`load_policy` needs to rebuild the whole :class:`ReinforcePolicy`.
+    """
+    from ahm.agents.controller_checkpoint import save_mlp_policy
+
+    env_spec = {"env_id": config.env_id, "env_kwargs": {"seq_len": config.seq_len, "chunk_size": config.chunk_size}}
+    extra = {"obs_sizes": policy.obs_sizes, "hidden": config.hidden, "config": asdict(config)}
+    return save_mlp_policy(path, policy, ["body", "logits"], list(policy.obs_sizes), policy.nvec, name="reinforce",
+                           env_spec=env_spec, extra=extra)
 
 
 def load_policy(path: str | Path) -> ReinforcePolicy:
-    """The policy saved by :func:`save_policy` (data only; no code runs)."""
+    """The whole policy saved by :func:`save_policy` (data only; no code runs)."""
     path = Path(path)
     meta = json.loads(path.with_suffix(".json").read_text())
-    policy = ReinforcePolicy(meta["obs_sizes"], meta["nvec"], int(meta["hidden"]))
+    policy = ReinforcePolicy(meta["extra"]["obs_sizes"], meta["nvec"], int(meta["extra"]["hidden"]))
     policy.load_state_dict(load_file(str(path)))
     return policy.eval()
 

@@ -317,3 +317,187 @@ def test_benchmark_of_every_heuristic_is_deterministic(tmp_path):
     assert by_name["none"].ops_per_1k_tokens == 0 and by_name["none"].bytes_held == 0
     assert by_name["write_all"].ops_per_1k_tokens > by_name["oracle"].ops_per_1k_tokens > 0
     assert all(0 <= r.accuracy_mean <= 1 and r.accuracy_ci95 >= 0 and r.episodes == 4 for r in rows)
+
+
+# ====================================================================== the user paths (issue 17)
+def _untrained_ppo(path, env_spec=None):
+    """A tiny saved SB3 controller (untrained MaskablePPO), optionally recording a training env."""
+    learned = pytest.importorskip("ahm.agents.learned")
+    from sb3_contrib import MaskablePPO
+
+    from ahm.agents.sb3_adapter import SB3VecEnvAdapter
+
+    env = SB3VecEnvAdapter(make_eval_env("AHMMemory-v0", num_envs=1, stream_seeds=(0,), **TINY))
+    model = MaskablePPO("MultiInputPolicy", env, n_steps=16, batch_size=16, seed=0, device="cpu")
+    return learned.save_controller(path, model, env_spec)
+
+
+def _quiet(tmp_path, **kwargs):
+    base = dict(tasks="AHMMemory-v0", lengths="1024", chunk_size=64, seeds=1, plots=False, progress=False,
+                out_dir=str(tmp_path / "out"))
+    return BenchmarkConfig(**{**base, **kwargs})
+
+
+def test_a_learned_controller_runs_on_the_backbone_its_checkpoint_records(tmp_path):
+    import shutil
+
+    from ahm.envs.default_backbones import shipped_backbone_path
+
+    # The text backbone (byte-level like passkey) answers nothing here where the default one answers all (measured:
+    # write_all 0.0 against 1.0), so running on the wrong one would show.
+    shutil.copytree(shipped_backbone_path("text"), tmp_path / "trained_on")
+    path = _untrained_ppo(tmp_path / "ppo", {"env_id": "AHMMemory-v0", "env_kwargs": {"backbone": "trained_on"}})
+    rows = run_benchmark(_quiet(tmp_path, controllers=["write_all", str(path)]), log=None)
+    # the relative path recorded at training is found beside the checkpoint
+    assert [(r.controller, r.backbone) for r in rows] == [("write_all", "default"),
+                                                           ("ppo", str(tmp_path / "trained_on"))]
+    direct = evaluate(str(path), "AHMMemory-v0", episodes=1, seed=0, backbone=str(tmp_path / "trained_on"), **TINY)
+    assert rows[1].accuracy_mean == direct.accuracy and rows[1].bytes_held == direct.bytes_held
+    assert rows[0].accuracy_mean == 1.0  # write_all on the default backbone
+    table = benchmark_table(rows).splitlines()
+    assert table[0].endswith("| backbone |") and table[3].endswith(f"| {tmp_path / 'trained_on'} |")
+    # --backbone overrides what the checkpoint records, for every controller
+    shipped = str(shipped_backbone_path("passkey"))
+    again = run_benchmark(_quiet(tmp_path, controllers=["write_all", str(path)], backbone=shipped,
+                                 out_dir=str(tmp_path / "override")), log=None)
+    assert [r.backbone for r in again] == [shipped, shipped]
+    assert again[0].accuracy_mean == rows[0].accuracy_mean
+    missing = _untrained_ppo(tmp_path / "lost", {"env_id": "AHMMemory-v0", "env_kwargs": {"backbone": "nowhere"}})
+    with pytest.raises(ValueError, match="pass --backbone"):
+        run_benchmark(_quiet(tmp_path, controllers=[str(missing)]), log=None)
+
+
+def test_labels_name_checkpoints_that_share_a_directory_name(tmp_path):
+    first = _untrained_ppo(tmp_path / "a" / "controller")
+    second = _untrained_ppo(tmp_path / "b" / "controller")
+    with pytest.raises(SystemExit, match="two controllers are named 'controller'.*a=path"):
+        main(["--tasks", "AHMMemory-v0", "--lengths", "1024", "--chunk-size", "64", "--seeds", "1", "--no-plots",
+              "--no-progress", "--controllers", f"{first},{second}", "--out-dir", str(tmp_path / "out")])
+    rows = main(["--tasks", "AHMMemory-v0", "--lengths", "1024", "--chunk-size", "64", "--seeds", "1", "--no-plots",
+                 "--no-progress", "--controllers", f"first={first},second={second},fifo=write_all",
+                 "--out-dir", str(tmp_path / "out")])
+    assert [r.controller for r in rows] == ["first", "second", "fifo"]
+    assert rows[0].accuracy_mean == rows[1].accuracy_mean  # the same untrained weights (seed 0)
+    assert rows[2].ops_per_1k_tokens > 0 and rows[0].cell_id != rows[1].cell_id != ""
+
+
+def test_module_attr_names_a_controller_in_user_code(tmp_path):
+    code = tmp_path / "my_controllers.py"
+    code.write_text("import numpy as np\n\n"
+                    "def keep_nothing(observation, action_mask):\n"
+                    "    return np.zeros((len(observation['wm_occupied']), 5), dtype=np.int64)\n")
+    rows = run_benchmark(_quiet(tmp_path, controllers=[f"{code}:keep_nothing", "mine=ahm.agents.heuristics:"
+                                                       "WriteAllController"]), log=None)
+    assert [r.controller for r in rows] == ["keep_nothing", "mine"]
+    assert rows[0].ops_per_1k_tokens == 0 and rows[0].cell_id == ""  # user code: never reused
+    assert rows[1].ops_per_1k_tokens > 0
+    with pytest.raises(ValueError, match="cannot load"):
+        run_benchmark(_quiet(tmp_path, controllers=[f"{code}:nope"]), log=None)
+
+
+def test_an_interrupted_benchmark_resumes_and_ends_as_an_uninterrupted_one(tmp_path, monkeypatch):
+    import ahm.agents.benchmark as bench
+
+    def run(out):
+        config = _quiet(tmp_path, tasks="AHMMemory-v0,AHMMemory-Copy-v0", controllers="none,write_all", seeds=2,
+                        out_dir=str(out))
+        return run_benchmark(config, log=None)
+
+    def table(path):
+        timing = set(bench.TIMING_COLUMNS)
+        with open(path) as f:
+            return [{k: v for k, v in row.items() if k not in timing} for row in csv.DictReader(f)]
+
+    whole = run(tmp_path / "whole")
+    assert len(whole) == 4
+    csv_path = tmp_path / "part" / "benchmark.csv"
+    run(tmp_path / "part")
+    lines = csv_path.read_text().splitlines(keepends=True)
+    csv_path.write_text("".join(lines[:2]) + lines[2][:20])  # header, the first cell, a row cut short
+    evaluated = []
+    real = bench.evaluate
+    monkeypatch.setattr(bench, "evaluate", lambda c, *a, **k: evaluated.append(c.name) or real(c, *a, **k))
+    resumed = run(tmp_path / "part")
+    assert evaluated == ["write_all"] * 2 + ["none"] * 2 + ["write_all"] * 2  # 3 missing cells x 2 seeds
+    assert table(csv_path) == table(tmp_path / "whole" / "benchmark.csv")
+    strip = [{k: v for k, v in r.__dict__.items() if k not in bench.TIMING_COLUMNS} for r in resumed]
+    assert strip == [{k: v for k, v in r.__dict__.items() if k not in bench.TIMING_COLUMNS} for r in whole]
+    evaluated.clear()
+    run(tmp_path / "part")  # everything is there: nothing runs
+    assert evaluated == []
+    run_benchmark(_quiet(tmp_path, tasks="AHMMemory-v0", controllers="none", seeds=2, resume=False,
+                         out_dir=str(tmp_path / "part")), log=None)
+    assert evaluated == ["none"] * 2  # --no-resume evaluates again; the other cells' rows stay in the CSV
+    assert len(table(csv_path)) == 4
+
+
+def test_each_cell_is_in_the_csv_as_soon_as_it_finishes(tmp_path, monkeypatch):
+    import ahm.agents.benchmark as bench
+
+    seen = []
+    real = bench.evaluate
+
+    def spy(controller, *args, **kwargs):
+        seen.append(len((tmp_path / "out" / "benchmark.csv").read_text().splitlines()))
+        return real(controller, *args, **kwargs)
+
+    monkeypatch.setattr(bench, "evaluate", spy)
+    run_benchmark(_quiet(tmp_path, lengths="1024,2048", controllers="none"), log=None)
+    assert seen == [1, 2]  # header; header + the first cell
+
+
+def test_benchmark_progress_bar_counts_cells(tmp_path, monkeypatch):
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    err = Terminal()
+    monkeypatch.setattr(sys, "stderr", err)
+    run_benchmark(_quiet(tmp_path, lengths="1024,2048", controllers="none", progress=True), log=None)
+    assert "benchmark" in err.getvalue() and "2/2" in err.getvalue()
+    quiet = Terminal()
+    monkeypatch.setattr(sys, "stderr", quiet)
+    run_benchmark(_quiet(tmp_path, lengths="1024", controllers="none", out_dir=str(tmp_path / "q")), log=None)
+    assert quiet.getvalue() == ""
+
+
+def test_ppo_progress_bar_counts_timesteps(monkeypatch):
+    import io
+
+    learned = pytest.importorskip("ahm.agents.learned")
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    err = Terminal()
+    monkeypatch.setattr(sys, "stderr", err)
+    config = learned.ControllerTrainConfig(num_envs=2, total_timesteps=32, n_steps=8, batch_size=16, eval_freq=0,
+                                           env_kwargs=dict(TINY), progress=True)
+    model = learned.train_controller(config)
+    assert model.num_timesteps == 32 and "32/32" in err.getvalue()
+
+
+def test_overlapping_lines_get_distinct_markers_and_offsets(tmp_path):
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    import ahm.agents.benchmark as bench
+
+    names = [f"c{i}" for i in range(9)]
+    rows = [BenchmarkRow("AHMMemory-v0", n, c, 0.0 if i < 7 else 1.0, 0.0, 1 / 9, 0.0, 1.0, 1.0, 1.0, 1.0, 3, 3)
+            for i, c in enumerate(names) for n in (4096, 16384)]
+    positions = []
+    real = plt.Axes.errorbar
+    # every controller's x positions, as drawn
+    plt.Axes.errorbar = lambda self, x, y, **k: positions.append((tuple(x), k["marker"])) or real(self, x, y, **k)
+    try:
+        (path,) = bench._plots(rows, {}, tmp_path, print)
+    finally:
+        plt.Axes.errorbar = real
+    assert path.read_bytes()[:4] == b"\x89PNG"
+    assert len({x for x, _ in positions}) == 9 and len({m for _, m in positions}) == 9
+    spread = [math.log10(x[0] / 4096) for x, _ in positions]
+    assert max(spread) - min(spread) <= 0.3 + 1e-9  # points stay nearer their length than the next one (0.6)

@@ -67,3 +67,28 @@ def test_reinforce_controller_is_a_valid_batched_controller(reinforce, tmp_path)
             assert actions.shape == (3, 5) and actions.dtype == np.int64
             assert np.take_along_axis(masks, offsets + actions, axis=1).all()
         obs = env.step_arrays(drawn).observation  # raises on an invalid action
+
+
+def test_reinforce_saved_policy_runs_through_the_benchmark_cli(reinforce, tmp_path) -> None:
+    """The README's promise: the example's --save output plugs into `python -m ahm.benchmark --controllers PATH`."""
+    import csv
+    import subprocess
+
+    from ahm.agents.evaluation import evaluate
+
+    path = tmp_path / "policy.safetensors"
+    reinforce.main(["--seq-len", "1024", "--chunk-size", "64", "--updates", "2", "--episodes-per-update", "1",
+                    "--save", str(path)])
+    out = tmp_path / "bench"
+    done = subprocess.run([sys.executable, "-m", "ahm.benchmark", "--tasks", "AHMMemory-v0", "--lengths", "1024",
+                           "--chunk-size", "64", "--seeds", "1", "--no-plots", "--no-progress", "--controllers",
+                           f"{path},none", "--out-dir", str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    with open(out / "benchmark.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["controller"] for r in rows] == ["policy", "none"]  # a file's checkpoint is named after its stem
+    direct = evaluate(reinforce.ReinforceController(reinforce.load_policy(path)), "AHMMemory-v0", episodes=1, seed=0,
+                      seq_len=1024, chunk_size=64)
+    assert float(rows[0]["accuracy_mean"]) == direct.accuracy
+    assert float(rows[0]["ops_per_1k_tokens"]) == pytest.approx(direct.ops_per_1k_tokens)
+    assert float(rows[0]["ops_per_1k_tokens"]) != float(rows[1]["ops_per_1k_tokens"])  # it acted: not `none`

@@ -239,8 +239,9 @@ def test_resume_without_checkpoint(tmp_path):
 def test_torchrun_two_processes_keep_replicas_identical(tmp_path):
     corpus = write_corpus(tmp_path / "corpus")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                        "29517", str(REPO / "train_lm.py"), *TINY, "--corpus", str(corpus), "--seq-len", "128",
+    # --standalone: a free rendezvous port of its own (a fixed port collides with any other run on the machine)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        str(REPO / "train_lm.py"), *TINY, "--corpus", str(corpus), "--seq-len", "128",
                         "--max-steps", "4", "--controller", "write_all", "--out-dir", str(tmp_path / "run")],
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]

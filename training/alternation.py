@@ -276,7 +276,7 @@ def run_alternation(cfg: TrainRLConfig, log: Callable[[str], None] = print) -> d
             tensorboard_log=str(out / "tb"), forget_prior=cfg.forget_prior,
             imitate=cfg.imitate if sb3_model is None else "", imitation_steps=cfg.imitation_steps,
             imitation_epochs=cfg.imitation_epochs, imitation_lr=cfg.imitation_lr, dagger_rounds=cfg.dagger_rounds,
-            env_kwargs=env_kwargs,
+            env_kwargs=env_kwargs, progress=cfg.progress,
             features=cfg.features, policy_kwargs=_policy_kwargs(cfg))
         trained_on = {k: v for k, v in env_kwargs.items() if k not in ("backbone", "stream_seeds")}
         spec = {"env_id": cfg.env_id, "env_kwargs": {**trained_on, "backbone": str(round_dir / "backbone")}}
@@ -310,7 +310,7 @@ def run_alternation(cfg: TrainRLConfig, log: Callable[[str], None] = print) -> d
     bench = BenchmarkConfig(tasks=(cfg.env_id,), lengths=cfg.eval_lengths,
                             controllers=[*learned, *cfg.eval_controllers],
                             seeds=cfg.eval_seeds, chunk_size=cfg.chunk_size, backbone=str(final / "backbone"),
-                            out_dir=str(out / "benchmark"), threads=cfg.threads)
+                            out_dir=str(out / "benchmark"), threads=cfg.threads, progress=cfg.progress)
     rows = run_benchmark(bench, log=None)
     table = benchmark_table(rows)
     log(f"\ncontroller benchmark ({cfg.env_id}, backbone {final / 'backbone'}, {cfg.eval_seeds} seeds):\n")
