@@ -14,8 +14,11 @@ STAMP := $(VENV)/.installed
 .PHONY: run test lint docs bench clean
 
 $(STAMP): pyproject.toml Makefile
+	@echo "make: creating $(VENV) and installing the project (first time only: 2-5 minutes)"
 	$(PYTHON) -m venv $(VENV)
+	@echo "make: [1/2] PyTorch ($(TORCH))"
 	$(PY) -m pip install --quiet "$(TORCH)"
+	@echo "make: [2/2] the project and its dev and docs extras"
 	$(PY) -m pip install --quiet -e ".[dev,docs]"
 	touch $(STAMP)
 
