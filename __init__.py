@@ -12,6 +12,18 @@ Subpackages (ARCHITECTURE.md, "Layout"); dependencies point one way:
 
 __version__ = "0.1.0"
 
+_ERRORS = ("AHMError", "AHMConfigError", "CheckpointError", "NonFiniteError", "ResourceError")
+"""The error families (:mod:`ahm.errors`), importable as ``ahm.CheckpointError``; loaded on first use, so that
+``import ahm`` stays light."""
+
+
+def __getattr__(name: str):
+    if name in _ERRORS:
+        from . import errors
+
+        return getattr(errors, name)
+    raise AttributeError(f"module 'ahm' has no attribute {name!r}")
+
 
 # ---------------------------------------------------------------- registration of the AHMMemory-* Gymnasium ids
 # `import ahm` registers them, and gymnasium.make("ahm:AHMMemory-v0") works without importing ahm first. `import

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import sys
 
+from ahm.backbone.errors import NonFiniteError
 from ahm.cli import parse_config
 from ahm.training.config import TrainLMConfig
 from ahm.training.supervised import TrainResult, train
@@ -26,7 +27,9 @@ def main(argv: list[str] | None = None) -> TrainResult:
         sys.exit(f"train_lm.py: {err}")
     try:
         result = train(cfg)
-    except (FileNotFoundError, ValueError) as err:  # empty corpus, missing file, corrupted checkpoint
+    except (FileNotFoundError, ValueError, NonFiniteError) as err:  # empty corpus, missing file, corrupted
+        sys.exit(f"train_lm.py: {err}")  # checkpoint, sizes beyond the machine, a diverged run
+    except ImportError as err:  # an optional extra the corpus needs (pyarrow, datasets): the message names it
         sys.exit(f"train_lm.py: {err}")
     finally:
         _close_process_group()

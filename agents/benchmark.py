@@ -85,7 +85,8 @@ from ahm.agents.evaluation import (
     make_eval_env,
     prepare_features,
 )
-from ahm.backbone.checkpoint import atomic_write_bytes
+from ahm.backbone.checkpoint import atomic_write_bytes, load_ahm_checkpoint
+from ahm.backbone.errors import AHMConfigError, AHMError
 from ahm.envs.default_backbones import shipped_backbone_path
 from ahm.envs.registry import ENV_SPECS
 
@@ -102,6 +103,24 @@ MAX_LENGTH = 10 * 2**20
 
 
 # ====================================================================== configuration
+_UPPER_BOUNDS = {"seeds": 10_000, "episodes": 100_000, "num_envs": 4096, "chunk_size": 2**16, "threads": 4096}
+"""Largest value of each count: far above any benchmark run here (3 seeds, chunks of 64-256 tokens), small
+enough that a mistyped exponent is refused at once instead of running for days or allocating terabytes."""
+_UPPER_WHY = {
+    "seeds": "each seed is a full evaluation of every cell; a confidence interval needs a few, not millions",
+    "episodes": "each episode is a full evaluation",
+    "num_envs": "each sub-environment holds its own memory and features",
+    "chunk_size": "a chunk's backbone pass holds (chunk, E D, N) states in memory: 2^16 tokens is ~1 GiB at "
+                  "d_model 128",
+    "threads": "more threads than any machine has cores",
+}
+
+
+class BenchmarkIncomplete(AHMError, ValueError):
+    """Cells the benchmark was asked for could not run; the cells that ran are in the CSV, the message names the
+    others and why."""
+
+
 @dataclass
 class BenchmarkConfig:
     """Benchmark memory controllers on AHMMemory tasks: accuracy (95% CI over seeds), memory ops, bytes, tokens/s."""
@@ -144,7 +163,10 @@ class BenchmarkConfig:
         for name in ("seeds", "episodes", "num_envs", "chunk_size", "threads"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be an int >= 1, got {value!r}")
+                raise AHMConfigError(f"--{name.replace('_', '-')} must be an int >= 1, got {value!r}")
+            if value > _UPPER_BOUNDS[name]:
+                raise AHMConfigError(f"--{name.replace('_', '-')} must be at most {_UPPER_BOUNDS[name]:,}, got "
+                                     f"{value:,} ({_UPPER_WHY[name]})")
         if not isinstance(self.first_seed, int) or self.first_seed < 0:
             raise ValueError(f"--first-seed must be an int >= 0, got {self.first_seed!r}")
         # A comma-separated str is still accepted for each sequence (the form these fields had before they were
@@ -506,6 +528,11 @@ def run_benchmark(config: BenchmarkConfig, log: Any = print) -> list[BenchmarkRo
 
     torch.set_num_threads(config.threads)
     tasks, lengths = config.task_list(), config.length_list()
+    if config.backbone:  # before anything is written: a truncated or foreign --backbone fails every cell
+        try:
+            load_ahm_checkpoint(config.backbone)
+        except (OSError, ValueError) as err:
+            raise AHMConfigError(f"--backbone {config.backbone!r} cannot be loaded: {err}") from err
     entries = _entries(config)
     seeds = [config.first_seed + i for i in range(config.seeds)]
     streams = {s: evaluation_stream_seeds(s, config.episodes) for s in seeds}
@@ -530,6 +557,7 @@ def run_benchmark(config: BenchmarkConfig, log: Any = print) -> list[BenchmarkRo
     bar.update(len(done))
 
     accesses: dict[str, dict[str, MemoryAccesses]] = {}
+    failed: list[str] = []
     warm = False
     for task in tasks:
         for length in lengths:
@@ -538,14 +566,15 @@ def run_benchmark(config: BenchmarkConfig, log: Any = print) -> list[BenchmarkRo
                 if (task, length, e.name) not in done:
                     groups.setdefault(e.backbone, []).append(e)
             for backbone, group in groups.items():
-                if not warm:
-                    _warm_up(task, config.chunk_size, backbone)
-                    warm = True
                 try:
+                    if not warm:
+                        _warm_up(task, config.chunk_size, backbone)
+                        warm = True
                     env = make_eval_env(task, num_envs=num_envs, stream_seeds=all_streams, seq_len=length,
                                         chunk_size=config.chunk_size, backbone=backbone)
-                except ValueError as err:  # e.g. a task that does not fit in so few chunks
-                    say(f"skipped {task} at {format_length(length)} tokens: {err}")
+                except ValueError as err:  # e.g. a task that does not fit in so few chunks, an unreadable backbone
+                    say(f"could not run {task} at {format_length(length)} tokens: {err}")
+                    failed.extend(f"{task} {format_length(length)} {e.name}: {err}" for e in group)
                     bar.update(len(group))
                     continue
                 backbone_seconds = sum(prepare_features(env, streams[s]) for s in seeds)
@@ -572,6 +601,9 @@ def run_benchmark(config: BenchmarkConfig, log: Any = print) -> list[BenchmarkRo
     (out / "benchmark.md").write_text(benchmark_table(rows) + "\n")
     if config.plots:
         _plots(rows, accesses, out, say)
+    if failed:  # the cells that ran are in the CSV; a run that lost any is not a success
+        raise BenchmarkIncomplete(f"{len(failed)} of {len(ids)} cells could not run (the {len(rows)} that ran are "
+                                  f"in {csv_path}): " + "; ".join(failed[:5]) + (" ..." if len(failed) > 5 else ""))
     return rows
 
 

@@ -37,8 +37,10 @@ from torch import nn
 from ahm.agents.policies import FEATURE_EXTRACTORS
 from ahm.agents.sb3_controllers import ALGORITHMS, AlgoSpec, SB3Controller, TorchPolicyController, algo_name
 from ahm.backbone.checkpoint import atomic_write_bytes, read_bundle_meta, state_dict_for_saving, write_bundle_meta
+from ahm.backbone.errors import CheckpointError
 
-__all__ = ["save_controller", "load_controller", "save_mlp_policy", "load_mlp_policy", "MLPPolicy", "checkpoint_meta",
+__all__ = ["save_controller", "load_controller", "save_mlp_policy", "load_mlp_policy", "read_mlp_policy", "MLPPolicy",
+           "checkpoint_meta",
            "checkpoint_files", "recorded_backbone", "CONTROLLER_FORMAT", "MLP_POLICY_FORMAT"]
 
 _FORMAT, _VERSION = "ahm-controller", 1
@@ -94,6 +96,39 @@ def _decode_policy_kwargs(encoded: Mapping[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
+
+
+MAX_LAYER_WIDTH, MAX_LAYERS = 2**14, 64
+"""Largest ``net_arch`` a controller JSON may ask for: far above any policy here (64-256 wide, 2 layers), small
+enough that a corrupted file cannot make the loader allocate gigabytes before the weights are checked."""
+
+
+def _check_policy_fields(spec: AlgoSpec, policy_kwargs: Mapping[str, Any], hyper: Mapping[str, Any],
+                         what: str) -> None:
+    """Refuse, naming the field, a ``net_arch`` that is not lists of positive ints within the bounds above, a
+    policy keyword the policy class does not take, or a hyperparameter that is not a number."""
+    arch = policy_kwargs.get("net_arch")
+    if arch is not None:
+        nets = arch.items() if isinstance(arch, Mapping) else [("", arch)]
+        for key, layers in nets:
+            field = f"policy_kwargs.net_arch{'.' + key if key else ''}"
+            if (not isinstance(layers, list) or len(layers) > MAX_LAYERS
+                    or not all(isinstance(w, int) and not isinstance(w, bool) and 1 <= w <= MAX_LAYER_WIDTH
+                               for w in layers)):
+                raise CheckpointError(f"{what}: {field} must be a list of at most {MAX_LAYERS} layer widths, each "
+                                      f"an int in [1, {MAX_LAYER_WIDTH}], got {layers!r:.80}; save the controller "
+                                      "again")
+    policy = spec.cls.policy_aliases.get(spec.policy, spec.policy) if isinstance(spec.policy, str) else spec.policy
+    params = inspect.signature(policy.__init__).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(set(policy_kwargs) - set(params))
+        if unknown:
+            raise CheckpointError(f"{what}: policy_kwargs {unknown} are not arguments of {policy.__name__} (it takes "
+                                  f"{sorted(k for k in params if k != 'self')}); save the controller again")
+    for key, value in hyper.items():
+        if key in _HYPERPARAMETERS and value is not None and not isinstance(value, (int, float)):
+            raise CheckpointError(f"{what}: hyperparameters.{key} must be a number, got {type(value).__name__} "
+                                  f"{value!r:.60}; save the controller again")
 
 
 def _describe_space(space: spaces.Space, what: str) -> dict[str, Any]:
@@ -214,7 +249,8 @@ def load_controller(path: str | Path, deterministic: bool = True, device: str = 
         hyper = dict(meta.get("hyperparameters", {}))
         expected_sha = str(meta["weights_sha256"])
     except (KeyError, TypeError, AttributeError, ValueError) as err:
-        raise ValueError(f"{what}: {_META} is not a saved controller ({err})") from err
+        raise CheckpointError(f"{what}: {_META} is not a saved controller ({err})") from err
+    _check_policy_fields(ALGORITHMS[algo], policy_kwargs, hyper, f"{what}: {_META}")
     blob = (directory / _WEIGHTS).read_bytes()
     if hashlib.sha256(blob).hexdigest() != expected_sha:
         raise ValueError(f"{what}: {_WEIGHTS} is corrupted (its SHA-256 differs from the one "
@@ -371,12 +407,12 @@ def save_mlp_policy(path: str | Path, module: nn.Module, layers: list[str], obse
     return Path(path)
 
 
-def load_mlp_policy(path: str | Path, name: str | None = None, device: str = "cpu") -> TorchPolicyController:
-    """The :class:`~ahm.agents.sb3_controllers.TorchPolicyController` of a :func:`save_mlp_policy` checkpoint
-    (masked argmax per component); the network is rebuilt from the JSON's layer list, no code is loaded.
+def read_mlp_policy(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The checked JSON and the weights of a :func:`save_mlp_policy` checkpoint (the SHA-256 recorded in the JSON
+    must match the weights file), for code that rebuilds its own module from them.
 
     Raises:
-        FileNotFoundError: a file is missing. ValueError: a file is corrupted or the weights do not fit the layers.
+        FileNotFoundError: a file is missing. ValueError: a file is corrupted.
     """
     meta_path, weights_path = checkpoint_files(path)
     what = f"MLP policy checkpoint {str(path)!r}"
@@ -387,7 +423,19 @@ def load_mlp_policy(path: str | Path, name: str | None = None, device: str = "cp
     if hashlib.sha256(blob).hexdigest() != meta.get("weights_sha256"):
         raise ValueError(f"{what}: {weights_path.name} is corrupted (its SHA-256 differs from the one recorded in "
                          f"{meta_path.name}); save the policy again")
-    weights = load_safetensors_bytes(blob)
+    return meta, load_safetensors_bytes(blob)
+
+
+def load_mlp_policy(path: str | Path, name: str | None = None, device: str = "cpu") -> TorchPolicyController:
+    """The :class:`~ahm.agents.sb3_controllers.TorchPolicyController` of a :func:`save_mlp_policy` checkpoint
+    (masked argmax per component); the network is rebuilt from the JSON's layer list, no code is loaded.
+
+    Raises:
+        FileNotFoundError: a file is missing. ValueError: a file is corrupted or the weights do not fit the layers.
+    """
+    meta, weights = read_mlp_policy(path)
+    meta_path, _ = checkpoint_files(path)
+    what = f"MLP policy checkpoint {str(path)!r}"
     modules: list[nn.Module] = []
     width = None
     try:

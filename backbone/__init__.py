@@ -8,6 +8,7 @@ nothing here knows about Gymnasium or RL.
 Modules, one job each:
 
 * :mod:`~ahm.backbone.config`: ``MambaConfig`` and the typed-dataclass-from-dict helper.
+* :mod:`~ahm.backbone.errors`: the error families (``AHMError``, ``CheckpointError``, ...) and the memory check.
 * :mod:`~ahm.backbone.mamba`: the selective-SSM blocks, ``MambaBackbone``, ``MambaLM`` and their streaming state.
 * :mod:`~ahm.backbone.language_modeling`: the LM losses and metrics (bits per byte).
 * :mod:`~ahm.backbone.working_memory`: ``WorkingMemory``, K full-precision slots.
@@ -36,6 +37,7 @@ from .ahm_model import (
 )
 from .codecs import CODECS, CodecOptions, VectorCodec, faiss_available, make_codec
 from .config import MambaConfig
+from .errors import AHMConfigError, AHMError, CheckpointError, NonFiniteError, ResourceError
 from .hierarchical_memory import HierarchicalMemory, MemoryConfig, MemoryReadout
 from .long_term_memory import LongTermMemory, LTMConfig, LTMHits, LTMRead, LTMWrite
 from .mamba import LayerState, MambaBackbone, MambaLM, MambaMixer, MambaState, RMSNorm
@@ -69,4 +71,5 @@ __all__ = [
     "RETRIEVE_NONE", "RETRIEVE_WM", "RETRIEVE_LTM", "RETRIEVE_BOTH",
     "LTM_FORGET_NONE", "LTM_FORGET_OLDEST", "LTM_FORGET_LEAST_USED", "LTM_FORGET_NEAREST",
     "save_memory", "load_memory",
+    "AHMError", "AHMConfigError", "CheckpointError", "NonFiniteError", "ResourceError",
 ]

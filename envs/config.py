@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from ahm.backbone import AHMModel
+from ahm.backbone import AHMConfigError, AHMModel
 from ahm.rewards import RewardTerm, RewardWeights
 
-__all__ = ["AHMMemoryConfig", "INVALID_ACTION_MODES", "INVALID_ACTION_PENALTY"]
+__all__ = ["AHMMemoryConfig", "INVALID_ACTION_MODES", "INVALID_ACTION_PENALTY", "check_stream_seed"]
 
 INVALID_ACTION_MODES = ("noop", "penalty", "raise")
 """What a step does with an action component the current mask marks invalid (retrieving from an empty level,
@@ -80,3 +80,14 @@ class AHMMemoryConfig:
         if self.stream_seeds is not None:
             return self.stream_seeds[int(rng.integers(len(self.stream_seeds)))]
         return int(rng.integers(0, 2**63 - 1))
+
+
+def check_stream_seed(value: Any, where: str) -> int:
+    """``value`` as a stream seed (an integer in [0, 2**63), what the env stores as int64); else an
+    :class:`~ahm.backbone.errors.AHMConfigError` naming ``where`` (``"reset: options['stream_seed']"``) and the
+    value. Resets call it before they change anything, so a refused reset leaves the env as it was."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise AHMConfigError(f"{where} must be an integer in [0, 2**63), got {type(value).__name__} {value!r}")
+    if not 0 <= int(value) < 2**63:
+        raise AHMConfigError(f"{where} must be an integer in [0, 2**63), got {int(value)}; the env is unchanged")
+    return int(value)

@@ -39,6 +39,7 @@ chunk t + 1, so the backbone runs once per step (much slower).
 
 from __future__ import annotations
 
+import sys
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -58,8 +59,9 @@ from ahm.backbone import (
     MemoryOps,
     MemoryReadout,
 )
+from ahm.backbone.errors import NonFiniteError
 from ahm.backbone.mamba import LayerState, MambaState
-from ahm.envs.config import INVALID_ACTION_PENALTY, AHMMemoryConfig
+from ahm.envs.config import INVALID_ACTION_PENALTY, AHMMemoryConfig, check_stream_seed
 from ahm.envs.default_backbones import keep_torch_threads, resolve_backbone
 from ahm.envs.episode_scoring import Annotations, EntryOrigins, score_answers, usefulness
 from ahm.envs.spaces import (  # noqa: F401  (OBSERVATION_KEYS re-exported: the keys of what observe() returns)
@@ -77,7 +79,13 @@ from ahm.rewards import RewardBreakdown, RewardFunction, StepContext
 if TYPE_CHECKING:
     from ahm.backbone.memory_fast import MemoryFastPath
 
-__all__ = ["EpisodeBatch", "EpisodeFeatures", "StepResult", "OP_COUNTERS", "INVALID_ACTION_TERM"]
+LONG_RESET_TOKENS = 2**20
+"""From this episode length on, a reset that computes features says on a terminal how long it will take."""
+RESET_TOKENS_PER_S = 7_000
+"""Tokens per second of a reset's feature pass, the default env (AHMMemory-v0, passkey backbone) on 2 CPU cores:
+100K tokens in 13.6-14.2 s (measured; docs/environments.md, "Long episodes")."""
+
+__all__ = ["EpisodeBatch", "EpisodeFeatures", "StepResult", "OP_COUNTERS", "INVALID_ACTION_TERM", "write_credit"]
 
 OP_COUNTERS = ("writes", "moves_to_ltm", "drops", "retrievals_wm", "retrievals_ltm", "forgets_wm", "forgets_ltm")
 """Per-episode operation counts in ``info["memory"]``: a drop is a displaced WM entry that was not moved to LTM."""
@@ -291,9 +299,29 @@ class EpisodeBatch:
 
     @torch.no_grad()
     def reset_rows(self, rows: np.ndarray, stream_seeds: Sequence[int]) -> None:
-        """Start new episodes in ``rows`` (b,) indices with the given stream seeds; call :meth:`observe` after."""
+        """Start new episodes in ``rows`` (b,) indices with the given stream seeds; call :meth:`observe` after.
+
+        Everything that can fail (a seed outside [0, 2**63), a backbone producing NaN / inf features) fails
+        before any row changes, so a refused reset leaves every episode as it was.
+        """
         rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) != len(stream_seeds):
+            raise ValueError(f"reset_rows: {len(rows)} rows but {len(stream_seeds)} stream seeds")
+        stream_seeds = [check_stream_seed(s, f"stream seed {i}") for i, s in enumerate(stream_seeds)]
+        new = len({s for s in stream_seeds if s not in self._cache})
+        if new and self.integration == "readout" and self.config.seq_len >= LONG_RESET_TOKENS and sys.stderr.isatty():
+            minutes = new * self.config.seq_len / RESET_TOKENS_PER_S / 60
+            print(f"reset: computing the backbone's features of {new} stream(s) of {self.config.seq_len:,} tokens, "
+                  f"about {minutes:.0f} min at {RESET_TOKENS_PER_S:,} tokens/s (docs/environments.md)",
+                  file=sys.stderr, flush=True)
         episodes = self._episodes(stream_seeds)
+        for seed, ep in zip(stream_seeds, episodes):
+            for name, values in zip(EpisodeFeatures._fields, ep.features or ()):
+                if not bool(torch.isfinite(values).all()):
+                    raise NonFiniteError(
+                        f"the backbone produced non-finite features ({name!r} of the stream with seed {seed}, "
+                        f"chunk {int((~torch.isfinite(values)).flatten(1).any(1).nonzero()[0])}); its checkpoint "
+                        "holds NaN / inf weights or overflows on this input: load another backbone")
         for r, seed, ep in zip(rows.tolist(), stream_seeds, episodes):
             self._streams[r] = ep.stream
             self.stream_seeds[r] = int(seed)
@@ -495,7 +523,8 @@ class EpisodeBatch:
             if len(go):
                 self._run_backbone(go, retrieved[torch.from_numpy(go).to(self.device)])
         observation = self.observe()
-        info = self.info(rewards.weighted, rewards.raw, scored, correct, nbytes, invalid)
+        credit = write_credit(scored & correct, self._ann["target_fact_chunk"][rows, t], fact_weight)
+        info = self.info(rewards.weighted, rewards.raw, scored, correct, nbytes, invalid, credit)
         info["is_success"] = self._correct == self._n_targets
         return StepResult(observation, rewards.total, terminated, truncated, info)
 
@@ -518,7 +547,8 @@ class EpisodeBatch:
     # ---------------------------------------------------------------- info
     def info(self, weighted: dict[str, np.ndarray] | None = None, raw: dict[str, np.ndarray] | None = None,
              scored: np.ndarray | None = None, correct: np.ndarray | None = None,
-             memory_bytes: np.ndarray | None = None, invalid: np.ndarray | None = None) -> dict[str, Any]:
+             memory_bytes: np.ndarray | None = None, invalid: np.ndarray | None = None,
+             credit: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
         """Nested dict of (b, ...) arrays describing every row now (after a step, or after a reset if no args)."""
         t = self.t
         weighted = weighted if weighted is not None else self._terms_zero
@@ -538,6 +568,7 @@ class EpisodeBatch:
             "scored": scored if scored is not None else false,
             "correct": correct if correct is not None else false,
             "invalid_components": (invalid if invalid is not None else self._no_invalid).copy(),
+            "write_credit": credit if credit is not None else write_credit(false, np.full(self.batch, -1), false),
             "targets": {"answered": self._answered.copy(), "correct": self._correct.copy(),
                         "total": self._n_targets.copy()},
             "memory": memory,
@@ -568,6 +599,23 @@ class EpisodeBatch:
             "answered": int(self._answered[row]), "correct": int(self._correct[row]),
             "targets": int(self._n_targets[row]),
         }
+
+
+def write_credit(answered: np.ndarray, fact_chunk: np.ndarray, read_weight: np.ndarray) -> dict[str, np.ndarray]:
+    """The hindsight credit of one step (``info["write_credit"]``): where a row answered correctly (``answered``
+    (b,) bool) by reading the entry written at its target fact's chunk (``fact_chunk`` (b,), -1 none) with weight
+    ``read_weight`` (b,) > 0, the write at that chunk earned ``read_weight``.
+
+    Returns ``{"chunk": (b,) int64, "weight": (b,) float64}``: the chunk whose write step earned credit (-1 none)
+    and how much. A learner adds it to the reward of that earlier step (:func:`ahm.agents.fast_ppo.credit_rewards`),
+    so the write is paid when its entry is later read for a correct answer instead of through a return discounted
+    over the hundreds of steps between them (MemAgent's final-answer credit, given to the write that earned it).
+    Entries follow the chunk that wrote them (:class:`~ahm.envs.episode_scoring.EntryOrigins`), so the credit reaches
+    the write even after the entry moved to the LTM.
+    """
+    earned = answered & (fact_chunk >= 0) & (read_weight > 0)
+    return {"chunk": np.where(earned, fact_chunk, -1).astype(np.int64),
+            "weight": np.where(earned, read_weight, 0.0).astype(np.float64)}
 
 
 def _with_invalid_penalty(rewards: RewardBreakdown, n_invalid: np.ndarray) -> RewardBreakdown:

@@ -192,6 +192,9 @@ class ActionLayout:
         if not np.issubdtype(a.dtype, np.integer):
             if not (np.issubdtype(a.dtype, np.floating) and np.all(a == np.round(a))):
                 raise ValueError(f"actions must be integers (MultiDiscrete), got dtype {a.dtype} values {a.tolist()}")
+        raw = a  # errors report the value given (a float 1e30 or a uint64 2**64 - 1), not its int64 cast
+        if a.dtype != np.int64 and not ((a >= 0) & (a < self._nvec)).all():
+            self._raise_first_invalid(raw, masks, masked=False)
         a = a.astype(np.int64)
         if ((a >= 0) & (a < self._nvec)).all():
             allowed = masks[np.arange(b)[:, None], self._offsets + a]  # (b, 5)
@@ -199,23 +202,28 @@ class ActionLayout:
                 return CheckedActions(a, np.zeros(a.shape, dtype=bool))
             if invalid_actions != "raise":
                 return CheckedActions(np.where(allowed, a, 0), ~allowed)
-        self._raise_first_invalid(a, masks, masked=invalid_actions == "raise")
+        self._raise_first_invalid(a, masks, masked=invalid_actions == "raise", raw=raw)
         raise AssertionError("unreachable: ActionLayout._raise_first_invalid found nothing to refuse")
 
-    def _raise_first_invalid(self, a: np.ndarray, masks: np.ndarray, masked: bool) -> None:
-        """The ValueError for the first component (in order) that is out of range or, if ``masked``, masked."""
+    def _raise_first_invalid(self, a: np.ndarray, masks: np.ndarray, masked: bool,
+                             raw: np.ndarray | None = None) -> None:
+        """The ValueError for the first component (in order) that is out of range or, if ``masked``, masked;
+        values are reported as given in ``raw`` (default ``a``)."""
+        raw = a if raw is None else raw
         where = (lambda r: f" (environment {r})") if len(a) > 1 else (lambda r: "")
         for j, name in enumerate(ACTION_COMPONENTS):
             bad = (a[:, j] < 0) | (a[:, j] >= self._nvec[j])
             if bad.any():
                 r = int(np.nonzero(bad)[0][0])
-                raise ValueError(f"action component {j} ({name}) = {a[r, j]}{where(r)} is outside the action "
+                raise ValueError(f"action component {j} ({name}) = {raw[r, j].item()}{where(r)} is outside the action "
                                  f"space [0, {self._nvec[j]})")
+            if not masked:
+                continue
             ok = masks[np.arange(len(a)), self._offsets[j] + a[:, j]]
-            if masked and not ok.all():
+            if not ok.all():
                 r = int(np.nonzero(~ok)[0][0])
                 valid = np.nonzero(self.split_mask(masks[r])[j])[0]
-                raise ValueError(f"action component {j} ({name}) = {a[r, j]}{where(r)} is invalid now: "
+                raise ValueError(f"action component {j} ({name}) = {raw[r, j].item()}{where(r)} is invalid now: "
                                  f"{_why_invalid(name, int(a[r, j]))}; valid values now are {valid.tolist()}. "
                                  "Mask actions with env.action_masks() (MaskablePPO does this), or make the env "
                                  "with invalid_actions='noop' (the default) to run them as no-ops.")

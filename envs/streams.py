@@ -45,12 +45,15 @@ from __future__ import annotations
 
 import bisect
 import importlib
+import inspect
 import math
 import operator
 from abc import ABC, abstractmethod
 from typing import ClassVar, NamedTuple
 
 import numpy as np
+
+from ahm.backbone.errors import AHMConfigError
 
 __all__ = [
     "FACT_KINDS",
@@ -366,4 +369,13 @@ def make_task(name: str, seq_len: int, chunk_size: int, seed: int, **task_kwargs
     tasks: dict[str, type[TaskStream]] = globals().get("TASKS") or __getattr__("TASKS")  # type: ignore[assignment]
     if name not in tasks:
         raise ValueError(f"unknown task {name!r}; choose one of {sorted(tasks)}")
-    return tasks[name](seq_len, chunk_size, seed, **task_kwargs)
+    cls = tasks[name]
+    params = inspect.signature(cls.__init__).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(set(task_kwargs) - set(params) - {"self"})
+        if unknown:
+            known = sorted(k for k, p in params.items() if k not in ("self", "seq_len", "chunk_size", "seed")
+                           and p.kind is not inspect.Parameter.VAR_POSITIONAL)
+            raise AHMConfigError(f"task {name!r} takes no keyword argument(s) {unknown} (--task-kwargs); it "
+                                 f"takes {known}")
+    return cls(seq_len, chunk_size, seed, **task_kwargs)

@@ -140,7 +140,8 @@ class ByteCorpus:
         """``batch`` random windows of ``length + 1`` bytes (inputs and shifted targets)."""
         if len(self._flat) <= length + 1:
             raise ValueError(
-                f"training text ({len(self._flat)} bytes) is shorter than one window ({length + 1})"
+                f"corpus {self.name!r}: its training text ({len(self._flat)} bytes) is shorter than one training "
+                f"sequence of {length + 1} bytes (--seq-len); lower --seq-len or add documents"
             )
         starts = rng.integers(0, len(self._flat) - length - 1, size=batch)
         return np.stack([self._flat[s : s + length + 1] for s in starts])
@@ -289,6 +290,11 @@ def _read_jsonl(source: CorpusSource) -> Documents:
                         f"{path}, line {lineno}: not valid JSON ({e}); each line of a JSON Lines file must be "
                         "one JSON object"
                     ) from None
+                except RecursionError:  # json's parser recurses once per nesting level
+                    raise ValueError(
+                        f"{path}, line {lineno}: JSON nested too deeply to read; each line of a JSON Lines file "
+                        "must be one JSON object with a text field"
+                    ) from None
                 if not isinstance(record, dict):
                     raise ValueError(
                         f"{path}, line {lineno}: expected a JSON object, got {type(record).__name__}"
@@ -322,15 +328,19 @@ def _read_parquet(source: CorpusSource) -> Documents:
     text_field = source.field or DEFAULT_FIELD
     for path in source.paths:
         rel = path.relative_to(source.root).as_posix()
-        parquet = pq.ParquetFile(path)
-        columns = parquet.schema_arrow.names
+        try:
+            parquet = pq.ParquetFile(path)
+            columns = parquet.schema_arrow.names
+        except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid / ArrowIOError: a corrupted or non-Parquet file
+            raise ValueError(f"{path}: not a readable Parquet file ({e}); check the file, or give its text as "
+                             "JSON Lines") from None
         if text_field not in columns:
             raise ValueError(
                 f"{path}: no column {text_field!r} (columns: {columns}); "
                 "name the text column with field=... or 'parquet:<path>:<field>'"
             )
         row = 0
-        for batch in parquet.iter_batches(columns=[text_field]):  # one column, batch by batch: bounded memory
+        for batch in _parquet_batches(parquet, text_field, path):
             for text in batch.column(0).to_pylist():
                 if isinstance(text, str):
                     yield f"{rel}:{row}", _utf8(text)
@@ -341,6 +351,20 @@ def _read_parquet(source: CorpusSource) -> Documents:
                         f"{path}, row {row}: column {text_field!r} holds {type(text).__name__}, not text"
                     )
                 row += 1
+
+
+def _parquet_batches(parquet: Any, column: str, path: Path) -> Any:
+    """The record batches of ``column`` (one column, batch by batch: bounded memory); errors name ``path``."""
+    batches = parquet.iter_batches(columns=[column])
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except (OSError, ValueError) as e:  # a truncated or corrupted row group
+            raise ValueError(f"{path}: a row group of the Parquet file cannot be read ({e}); the file is "
+                             "corrupted or truncated") from None
+        yield batch
 
 
 def _normalise(name: str) -> str:

@@ -43,8 +43,8 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from ahm.backbone import AHMModel
-from ahm.envs.config import AHMMemoryConfig
+from ahm.backbone import AHMConfigError, AHMModel
+from ahm.envs.config import AHMMemoryConfig, check_stream_seed
 from ahm.envs.episode_batch import EpisodeBatch
 from ahm.envs.render import render_ansi, render_rgb
 from ahm.envs.spaces import ActionLayout, MemoryOpsSpace
@@ -214,6 +214,15 @@ class AHMMemoryVectorEnv(VectorEnv):
         ``options={"stream_seeds": [s_0, ...]}`` picks the streams directly.
         """
         n = self.num_envs
+        options = options or {}
+        unknown = sorted(set(options) - {"stream_seeds"})
+        if unknown:  # before anything changes: a refused reset leaves every episode as it was
+            raise AHMConfigError(f"reset: unknown options {unknown}; the one option is 'stream_seeds'")
+        given = options.get("stream_seeds")
+        if given is not None:
+            if len(given) != n:
+                raise AHMConfigError(f"reset: options['stream_seeds'] has {len(given)} seeds for {n} sub-environments")
+            given = [check_stream_seed(s, f"reset: options['stream_seeds'][{i}]") for i, s in enumerate(given)]
         if seed is None or isinstance(seed, int):
             super().reset(seed=seed)
             seeds: list[int | None] = [None if seed is None else seed + i for i in range(n)]
@@ -224,13 +233,9 @@ class AHMMemoryVectorEnv(VectorEnv):
         for i, s in enumerate(seeds):
             if s is not None or self._rngs[i] is None:
                 self._rngs[i], _ = seeding.np_random(s)
-        stream_seeds = (options or {}).get("stream_seeds")
-        if stream_seeds is None:
-            stream_seeds = [self.config.draw_stream_seed(rng) for rng in self._rngs]
-        elif len(stream_seeds) != n:
-            raise ValueError(f"reset: options['stream_seeds'] has {len(stream_seeds)} seeds for {n} sub-environments")
+        stream_seeds = given if given is not None else [self.config.draw_stream_seed(rng) for rng in self._rngs]
         episodes = self._episodes
-        episodes.reset_rows(np.arange(n), [int(s) for s in stream_seeds])
+        episodes.reset_rows(np.arange(n), stream_seeds)
         obs = episodes.observe()
         self._started = True
         self._autoreset[:] = False

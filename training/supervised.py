@@ -55,7 +55,8 @@ from ahm.agents.rollout import (
     controller_actions,
 )
 from ahm.backbone import AHMModel
-from ahm.backbone.checkpoint import load_ahm_checkpoint, load_ahm_config, save_ahm_checkpoint
+from ahm.backbone.checkpoint import estimate_model_bytes, load_ahm_checkpoint, load_ahm_config, save_ahm_checkpoint
+from ahm.backbone.errors import AHMConfigError, NonFiniteError, first_non_finite, require_memory
 from ahm.training.checkpoint import (
     current_model_dir,
     has_training_checkpoint,
@@ -143,6 +144,10 @@ def train(cfg: TrainLMConfig, log: Callable[[str], None] = print, controller: Co
         raise FileNotFoundError(f"--resume: no training checkpoint in {str(out_dir)!r} (its trainer.json is missing)")
     if cfg.eval and not has_training_checkpoint(out_dir):
         raise FileNotFoundError(f"--eval: no training checkpoint in {str(out_dir)!r}; train one first")
+    if not cfg.eval:  # before the first step: a run that cannot save would lose its steps at the first checkpoint
+        check_writable(out_dir, "--out-dir")
+        if cfg.export_dir:
+            check_writable(Path(cfg.export_dir), "--export-dir")
 
     # Seeding, in one place: the initialisation from torch's global seed (identical on every rank),
     # the data from a numpy generator per rank (its state is checkpointed).
@@ -164,13 +169,14 @@ def train(cfg: TrainLMConfig, log: Callable[[str], None] = print, controller: Co
                              f"{cfg.chunk_size}; make them equal")
         if cfg.level_readout:
             model = model.with_level_readout(cfg.level_readout)
+    check_training_memory(cfg, source.vocab_size, model)
     model = model if model is not None else build_model(cfg, source.vocab_size, _saved_level_readout(cfg, out_dir))
     controller = controller if controller is not None else make_controller(cfg.controller)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.max_steps))
     step, losses, tokens_seen, seconds = 0, [], 0, 0.0
     if cfg.resume or cfg.eval:
-        state = load_training_checkpoint(out_dir, model, opt)
+        state = load_training_checkpoint(out_dir, model, opt, _TRAINER_STATE_FIELDS)
         saved = state["config"]
         changed = [f for f in TrainLMConfig.MODEL_FIELDS + ("source", "tasks", "seed", "max_steps")
                    if saved_field(f, saved) != getattr(cfg, f)]  # a field added later: its default
@@ -231,8 +237,10 @@ def train(cfg: TrainLMConfig, log: Callable[[str], None] = print, controller: Co
             out, state_ = loss_module(tokens[:, w0:w1], next_token, state_, controllers, targets)
             opt.zero_grad(set_to_none=True)
             out.loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            _check_step(cfg, step + 1, last_saved, out_dir, float(out.loss.detach()), float(grad_norm))
             opt.step()
+            _check_weights(model, cfg, step + 1, last_saved, out_dir)
             schedule.step()
             state_ = state_.detach()
             step += 1
@@ -296,6 +304,86 @@ def train(cfg: TrainLMConfig, log: Callable[[str], None] = print, controller: Co
                 "train_tokens_per_s": round(tokens_per_s)})
             log(f"exported the model to {cfg.export_dir}/")
     return TrainResult(step, seconds, tokens_per_s, losses, evaluation, model)
+
+
+_TRAINER_STATE_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "step": int, "losses": list, "tokens": int, "seconds": (int, float), "rng": list, "config": dict,
+    "length_rng": (dict, type(None)), "curriculum": (dict, type(None))}
+"""What :func:`train` reads from a saved trainer state; a trainer.json without one of them is refused up front."""
+
+_DIVERGED = ("likely cause: the learning rate (--lr {lr}), the loss weights (--lm-weight {lm}, --answer-weight {ans}) "
+             "or the initialisation scale (--embedding-init {init}) is too large; lower it and start again{resume}")
+
+
+def _divergence_hint(cfg: TrainLMConfig, last_saved: int, out_dir: Path) -> str:
+    resume = (f", or --resume from the checkpoint of step {last_saved} in {str(out_dir)!r} with a lower --lr"
+              if last_saved else "")
+    return _DIVERGED.format(lr=cfg.lr, lm=cfg.lm_weight, ans=cfg.answer_weight, init=cfg.embedding_init,
+                            resume=resume)
+
+
+def _check_step(cfg: TrainLMConfig, step: int, last_saved: int, out_dir: Path, loss: float, grad_norm: float) -> None:
+    """Stop at a non-finite loss or gradient norm (before the optimizer applies it): nothing of it is saved."""
+    if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+        raise NonFiniteError(f"step {step}: the {'loss' if not math.isfinite(loss) else 'gradient norm'} is "
+                             f"{loss if not math.isfinite(loss) else grad_norm} (training diverged; nothing of this "
+                             f"step was saved); {_divergence_hint(cfg, last_saved, out_dir)}")
+
+
+def _check_weights(model: AHMModel, cfg: TrainLMConfig, step: int, last_saved: int, out_dir: Path) -> None:
+    """Stop once an optimizer step made a weight non-finite (an infinite learning rate does, from finite gradients)."""
+    if bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all()):  # one device sync per step
+        return
+    bad = first_non_finite(model.named_parameters())
+    if bad is not None:
+        raise NonFiniteError(f"step {step}: the update made weight {bad[0]!r} non-finite ({bad[1]} of {bad[2]} "
+                             f"values; nothing of this step was saved); {_divergence_hint(cfg, last_saved, out_dir)}")
+
+
+def check_writable(directory: Path, flag: str) -> None:
+    """Raise :class:`AHMConfigError` unless ``directory`` exists as a writable folder or can be created (its
+    nearest existing parent is a writable folder). Creates nothing."""
+    path = directory.absolute()
+    existing = path
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise AHMConfigError(f"{flag} {str(directory)!r}: {str(existing)!r} is a file, not a folder; pick another "
+                             f"{flag}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise AHMConfigError(f"{flag} {str(directory)!r}: {str(existing)!r} is not writable; pick another {flag} "
+                             "(checked before training, so no step is lost)")
+
+
+def check_training_memory(cfg: TrainLMConfig, vocab_size: int, model: AHMModel | None = None) -> None:
+    """Refuse a configuration whose first step would need more memory than the machine has, before allocating:
+    the batch's tokens, the window's activations (the selective scan's (b, W, E D, N) states per layer, the
+    logits), the memory of b sequences, and the weights with their gradients and AdamW moments."""
+    from ahm.backbone import AHMConfig, MambaConfig
+
+    length = cfg.seq_len if cfg.source == "text" else max(cfg.lengths)
+    if model is not None:
+        config = model.config
+    else:
+        try:
+            backbone = MambaConfig(vocab_size=vocab_size, d_model=cfg.d_model, n_layer=cfg.n_layer,
+                                   d_state=cfg.d_state)
+            config = AHMConfig(backbone, chunk_size=cfg.chunk_size, wm_slots=cfg.wm_slots,
+                               ltm_capacity=cfg.ltm_capacity, key_dim=cfg.key_dim, value_dim=cfg.value_dim or None,
+                               ltm_codec=cfg.ltm_codec, integration=cfg.integration)
+        except ValueError as err:
+            raise AHMConfigError(str(err)) from err
+    bb = config.backbone
+    window = min(cfg.window, length)
+    tokens = cfg.batch * length * 8 * 2  # int64, and the numpy copy it is made from
+    activations = cfg.batch * window * (2 * bb.n_layer * bb.d_inner * (bb.d_state + 8) + 3 * bb.vocab_size) * 4
+    memory = cfg.batch * (config.wm_slots + config.ltm_capacity) * (config.key_dim + config.resolved_value_dim) * 4
+    weights = 4 * estimate_model_bytes(bb, config)
+    sizes = (f"--batch {cfg.batch}, --seq-len {cfg.seq_len}" if cfg.source == "text"
+             else f"--batch {cfg.batch}, --lengths up to {length}")
+    require_memory(tokens + activations + memory + weights,
+                   f"this run ({sizes}, --window {cfg.window}, --d-model {bb.d_model}, --wm-slots {config.wm_slots}, "
+                   f"--ltm-capacity {config.ltm_capacity})", "Lower --batch, the lengths or the model sizes.")
 
 
 def _restore_lr(opt: torch.optim.Optimizer, schedule: torch.optim.lr_scheduler.LambdaLR, step: int) -> None:
