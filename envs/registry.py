@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-__all__ = ["EnvEntry", "ENV_SPECS", "ENTRY_POINT", "VECTOR_ENTRY_POINT", "register_envs", "env_list_markdown"]
+__all__ = ["EnvEntry", "ENV_SPECS", "BINDING_LTM_CAPACITY", "ENTRY_POINT", "VECTOR_ENTRY_POINT", "register_envs",
+           "env_list_markdown"]
 
 ENTRY_POINT = "ahm.envs.memory_env:AHMMemoryEnv"
 VECTOR_ENTRY_POINT = "ahm.envs.vector_env:AHMMemoryVectorEnv"
@@ -35,6 +36,14 @@ class EnvEntry(NamedTuple):
 
 
 _SMALL = {"seq_len": 2048, "chunk_size": 64}
+
+BINDING_LTM_CAPACITY = 64
+"""LTM entries of the ``*Bind`` ids. At 100K tokens (chunk 256: ~400 chunks) a policy that writes every chunk
+overflows 64 entries (+ 8 WM slots) about 6x, and the ~100 filler chunks between the last fact and the first query
+alone push every fact out of such a memory; the ~50 target facts still fit, so the oracle keeps its accuracy
+(0.93 on Decoy, 0.90 on Forget) while every hand-written rule falls to 0.50 (``update``, Decoy) or below 0.10
+(Forget). Measured on the benchmark's evaluation streams and fixed before any controller was trained
+(docs/behaviour.md, "Tasks where memory binds")."""
 
 ENV_SPECS: dict[str, EnvEntry] = {
     "AHMMemory-v0": EnvEntry(
@@ -58,6 +67,14 @@ ENV_SPECS: dict[str, EnvEntry] = {
     "AHMMemory-Text-v0": EnvEntry(
         "text", "byte-level text (the built-in corpus): next-byte prediction at every boundary, no queries",
         {"task": "text"}, {**_SMALL, "task_kwargs": {"max_documents": 20}}),
+    # Memory that binds: the tasks of Decoy / Forget with the LTM cut from 512 entries to BINDING_LTM_CAPACITY.
+    "AHMMemory-DecoyBind-v0": EnvEntry(
+        "decoy", "decoy where memory binds: at 100K tokens writing every chunk overflows the LTM ~6x; targets fit",
+        {"task": "decoy", "ltm_capacity": BINDING_LTM_CAPACITY},
+        {"seq_len": 4096, "chunk_size": 64, "ltm_capacity": 8}),
+    "AHMMemory-ForgetBind-v0": EnvEntry(
+        "forget", "forget where memory binds: at 100K tokens writing every chunk overflows the LTM ~6x; targets fit",
+        {"task": "forget", "ltm_capacity": BINDING_LTM_CAPACITY}, {**_SMALL, "ltm_capacity": 8}),
 }
 """Environment id -> :class:`EnvEntry`; the first is the default, ``AHMMemory-v0``."""
 

@@ -102,7 +102,7 @@ def envs():
     def get(env_id: str):
         if env_id not in cache:
             kw = env_kwargs(env_id)
-            cache[env_id] = (gymnasium.make(env_id, **kw), AHMMemoryVectorEnv(3, **ENV_SPECS[env_id].kwargs, **kw))
+            cache[env_id] = (gymnasium.make(env_id, **kw), AHMMemoryVectorEnv(3, **{**ENV_SPECS[env_id].kwargs, **kw}))
         return cache[env_id]
 
     return get
