@@ -50,7 +50,9 @@ def test_short_run_completes_with_checkpoints_tensorboard_and_table(tmp_path):
     assert out["table"] in "\n".join(lines)
 
     # --resume after the last round: nothing to train, the benchmark runs on the saved round.
-    again = run_alternation(TrainRLConfig(**SHORT, out_dir=str(tmp_path), resume=True), log=lambda s: None)
+    again = run_alternation(TrainRLConfig(**SHORT, out_dir=str(tmp_path), gae_lambda=1.0, rl_ltm_capacity=16,
+                                          imitate="update", imitation_steps=128, imitation_epochs=1,
+                                          net_arch="32,32", resume=True), log=lambda s: None)
     assert again["rounds"] == []
 
 
@@ -81,6 +83,10 @@ def test_imitation_only_saves_the_cloned_policy_as_the_controller(tmp_path):
     (["--features", "graph"], "--features must be"),
     (["--imitation-lr", "0"], "--imitation-lr > 0"),
     (["--dagger-rounds", "1"], "needs --imitate"),
+    (["--imitate", "update"], "--algo fast_ppo learns from scratch"),
+    (["--eval-controllers", "bogus"], "bogus"),
+    (["--eval-lengths", "bogus"], "eval-lengths"),
+    (["--algo", "dqn"], "--algo must be one of"),
 ])
 def test_bad_config_stops_with_a_message(tmp_path, args, message):
     r = subprocess.run([sys.executable, str(REPO / "train_rl.py"), "--out-dir", str(tmp_path / "run"), *args],
@@ -93,3 +99,40 @@ def test_resume_without_state(tmp_path):
     r = subprocess.run([sys.executable, str(REPO / "train_rl.py"), "--out-dir", str(tmp_path), "--resume"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "no state.json" in r.stderr, r.stderr
+
+
+FAST = {**SHORT, "algo": "fast_ppo", "rl_timesteps": 128, "num_envs": 4, "n_steps": 16, "rl_ltm_capacity": 2,
+        "eval_controllers": "none"}
+
+
+def _weights(directory: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return {f"{p.parent.name}/{k}": v for p in sorted(directory.rglob("*.safetensors")) for k, v in load_file(p).items()}
+
+
+def test_fast_ppo_resume_after_a_kill_in_either_phase_is_bit_exact(tmp_path):
+    """A run killed anywhere in round 1 (its backbone or its controller phase) has state.json naming round 0 and a
+    half-written round_1/; --resume redoes round 1 and ends with exactly the weights of a run never killed."""
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    run_alternation(TrainRLConfig(**FAST, out_dir=str(whole)), log=lambda s: None)
+    run_alternation(TrainRLConfig(**{**FAST, "rounds": 1}, out_dir=str(killed)), log=lambda s: None)
+    # what a SIGKILL leaves: round 1 half done (a backbone without its controller), a temporary file mid-write
+    (killed / "round_1" / "backbone").mkdir(parents=True)
+    (killed / "round_1" / "backbone" / "model.safetensors").write_bytes(b"half")
+    (killed / ".state.json.x1y2.tmp").write_bytes(b"{")
+    run_alternation(TrainRLConfig(**FAST, out_dir=str(killed), resume=True), log=lambda s: None)
+    for r in ("round_0", "round_1"):
+        a, b = _weights(whole / r), _weights(killed / r)
+        assert a.keys() == b.keys() and a
+        for k in a:
+            assert a[k].equal(b[k]), f"{r}: {k} differs after the resume"
+    assert not list(killed.rglob("*.tmp")) and not list(whole.rglob("*.tmp"))
+
+
+def test_resume_with_other_settings_is_refused_before_any_work(tmp_path):
+    run_alternation(TrainRLConfig(**{**FAST, "rounds": 1}, out_dir=str(tmp_path)), log=lambda s: None)
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+    with pytest.raises(ValueError, match=r"--wm-slots 8 -> 4"):
+        run_alternation(TrainRLConfig(**FAST, wm_slots=4, out_dir=str(tmp_path), resume=True), log=lambda s: None)
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before

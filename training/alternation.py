@@ -28,8 +28,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -38,12 +39,18 @@ import torch
 
 from ahm.agents import CONTROLLER_NAMES, HEURISTICS, Controller, make_controller
 from ahm.agents.benchmark import BenchmarkConfig, benchmark_table, run_benchmark
-from ahm.agents.controller_checkpoint import load_controller, save_controller
+from ahm.agents.controller_checkpoint import load_controller, load_mlp_policy, save_controller
+from ahm.agents.fast_ppo import ActorCritic, FastPPO, FastPPOConfig
 from ahm.agents.learned import ControllerTrainConfig, fit_controller
 from ahm.agents.policies import slot_policy_kwargs
-from ahm.agents.sb3_controllers import ALGORITHMS, SB3Controller
+from ahm.agents.sb3_controllers import ALGORITHMS, SB3Controller, TorchPolicyController
 from ahm.backbone import AHMModel
-from ahm.backbone.checkpoint import atomic_write_bytes, load_ahm_checkpoint, save_ahm_checkpoint
+from ahm.backbone.checkpoint import (
+    atomic_write_bytes,
+    load_ahm_checkpoint,
+    remove_stale_temporaries,
+    save_ahm_checkpoint,
+)
 from ahm.envs import ENV_SPECS
 from ahm.envs.default_backbones import shipped_backbone_path
 from ahm.training.config import TrainLMConfig, int_tuple, str_tuple
@@ -51,6 +58,8 @@ from ahm.training.supervised import train
 
 __all__ = ["TrainRLConfig", "run_alternation"]
 
+FAST_PPO = "fast_ppo"
+"""The --algo of :class:`ahm.agents.fast_ppo.FastPPO` (the others are Stable-Baselines3's, ALGORITHMS)."""
 STATE = "state.json"
 IMITATION = "controller_imitation"
 """With --imitate: round 0's controller after imitation, before RL."""
@@ -79,9 +88,10 @@ class TrainRLConfig:
     """Sequence lengths of the backbone phase (mixed), comma-separated (K = 1024)."""
     lm_lr: float = 1e-3
     """Peak learning rate of each backbone phase."""
-    algo: str = "ppo"
-    """RL algorithm: ppo, a2c, recurrent_ppo, maskable_ppo."""
-    rl_timesteps: int = 16_384
+    algo: str = "fast_ppo"
+    """RL algorithm: fast_ppo (ahm.agents.fast_ppo: batched PPO over the native vector env, masked, with the
+    hindsight write credit), or Stable-Baselines3's ppo, a2c, recurrent_ppo, maskable_ppo."""
+    rl_timesteps: int = 409_600
     """Env steps (chunks) per controller phase (0 with --imitate: the first phase only imitates)."""
     net_arch: tuple[int, ...] = (64, 64)
     """Hidden layer widths of the new policy's actor and critic MLPs (SB3's default 64,64); with --features slots,
@@ -101,19 +111,24 @@ class TrainRLConfig:
     dagger_rounds: int = 0
     """With --imitate: rounds of DAgger after the cloning (the clone plays --imitation-steps more steps, the
     heuristic labels the states it reaches, imitation continues over all of them). 0: plain cloning."""
-    num_envs: int = 16
+    num_envs: int = 64
     """Sub-environments of the controller phase's vector env."""
     n_steps: int = 64
     """Rollout steps per sub-env per PPO update."""
-    rl_lr: float = 3e-4
-    """Learning rate of the controller."""
+    rl_lr: float = 1e-3
+    """Learning rate of the controller (fast_ppo's; 3e-4 is SB3 PPO's default)."""
     gamma: float = 0.99
     """Discount factor per chunk of the controller phase."""
     gae_lambda: float = 0.95
     """GAE's lambda of the controller phase (near 1: the answer's credit reaches writes many chunks earlier)."""
-    forget_prior: float = 0.0
-    """Initial probability of "forget nothing" in the controller's two forget components (0: SB3's uniform start;
-    ahm.agents.learned.set_noop_prior)."""
+    forget_prior: float = 0.9
+    """Initial probability of "forget nothing" in the controller's two forget components (0: the uniform start,
+    where almost no early episode keeps a fact long enough to be rewarded; ahm.agents.fast_ppo)."""
+    ent_coef: float = 0.003
+    """Entropy bonus of fast_ppo (the sum of the five components' entropies is about 5 at the start)."""
+    credit_coef: float = 1.0
+    """fast_ppo's hindsight write credit: a correct answer's read weight on an entry is added to the reward of the
+    step that wrote it (ahm.agents.fast_ppo). 0: off."""
     seq_len: int = 16_384
     """Tokens per RL training episode."""
     train_streams: int = 64
@@ -122,12 +137,13 @@ class TrainRLConfig:
     """Tokens per chunk (env step)."""
     wm_slots: int = 8
     """Working-memory slots."""
-    rl_ltm_capacity: int = 0
+    rl_ltm_capacity: int = 4
     """LTM entries of the controller phase's training env (0: the env's default, 512); the benchmark always uses
-    the default. A smaller one makes the policy meet a full LTM on shorter (cheaper) episodes: a policy that keeps
-    a fact with M entries over L tokens by moving few entries to the LTM keeps it with 4 M entries over 4 L."""
-    eval_lengths: tuple[int, ...] = (16 * 1024, 100 * 1024)
-    """Benchmark lengths, comma-separated (K = 1024: 16K,100K)."""
+    the default. A small one makes the policy meet a full LTM on short (cheap) episodes: over 16K tokens (64 chunks)
+    a policy that writes every chunk loses a mid-depth fact from 8 WM slots and 4 LTM entries, as it does from 512
+    entries over 1M tokens, so what it learns in training is what holds at 1M."""
+    eval_lengths: tuple[int, ...] = (16 * 1024, 100 * 1024, 1024 * 1024)
+    """Benchmark lengths, comma-separated (K = 1024, M = 1024 K: 16K,100K,1M)."""
     eval_seeds: int = 3
     """Benchmark seeds (the confidence interval is over them)."""
     eval_controllers: tuple[str, ...] = tuple(CONTROLLER_NAMES)
@@ -146,8 +162,9 @@ class TrainRLConfig:
     def __post_init__(self) -> None:
         if self.env_id not in ENV_SPECS:
             raise ValueError(f"--env-id must be one of {list(ENV_SPECS)}, got {self.env_id!r}")
-        if self.algo not in ALGORITHMS:
-            raise ValueError(f"--algo must be one of {list(ALGORITHMS)}, got {self.algo!r}")
+        if self.algo != FAST_PPO and self.algo not in ALGORITHMS:
+            raise ValueError(f"--algo must be one of {[FAST_PPO, *ALGORITHMS]}, got {self.algo!r}")
+
         for name in ("rounds", "num_envs", "n_steps", "seq_len", "train_streams", "chunk_size",
                      "wm_slots", "eval_seeds", "threads", "imitation_steps", "imitation_epochs"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
@@ -156,7 +173,7 @@ class TrainRLConfig:
             raise ValueError(f"--rl-timesteps must be an int >= 1 (0 only with --imitate), got {self.rl_timesteps!r}")
         if self.imitate and self.imitate not in HEURISTICS:
             raise ValueError(f"--imitate must be one of {tuple(HEURISTICS)} (or empty), got {self.imitate!r}")
-        if self.imitate and ALGORITHMS[self.algo].recurrent:
+        if self.imitate and self.algo != FAST_PPO and ALGORITHMS[self.algo].recurrent:
             raise ValueError("--imitate is not available with --algo recurrent_ppo")
         bad_dagger = not isinstance(self.dagger_rounds, int) or self.dagger_rounds < 0
         if bad_dagger or (self.dagger_rounds and not self.imitate):
@@ -172,20 +189,35 @@ class TrainRLConfig:
         self.eval_controllers = str_tuple(self.eval_controllers)
         if self.features not in ("flat", "slots"):
             raise ValueError(f"--features must be 'flat' or 'slots', got {self.features!r}")
-        if self.features == "slots" and ALGORITHMS[self.algo].recurrent:
+        if self.features == "slots" and self.algo != FAST_PPO and ALGORITHMS[self.algo].recurrent:
             raise ValueError("--features slots is not available with --algo recurrent_ppo")
+        if self.algo == FAST_PPO and (self.imitate or self.features != "flat"):
+            raise ValueError("--algo fast_ppo learns from scratch with flat features: leave --imitate empty and "
+                             "--features flat, or choose an SB3 algorithm (--algo ppo)")
         if self.rl_ltm_capacity < 0:
             raise ValueError(f"--rl-ltm-capacity must be >= 0 (0: the env's default), got {self.rl_ltm_capacity!r}")
         if not (0.0 <= self.gamma <= 1.0 and 0.0 <= self.gae_lambda <= 1.0):
             raise ValueError(f"--gamma and --gae-lambda must be in [0, 1], got {self.gamma!r}, {self.gae_lambda!r}")
         if not 0.0 <= self.forget_prior < 1.0:
             raise ValueError(f"--forget-prior must be in [0, 1), got {self.forget_prior!r}")
+        if not (0.0 <= self.ent_coef < math.inf and 0.0 <= self.credit_coef < math.inf):
+            raise ValueError(f"--ent-coef and --credit-coef must be finite numbers >= 0, got {self.ent_coef!r}, "
+                             f"{self.credit_coef!r}")
         if self.lm_steps < 0 or not self.lm_lr > 0 or not self.rl_lr > 0 or not self.imitation_lr > 0:
             raise ValueError("--lm-steps must be >= 0 and --lm-lr, --rl-lr, --imitation-lr > 0")
         if self.teacher not in HEURISTICS:
             raise ValueError(f"--teacher must be one of {tuple(HEURISTICS)}, got {self.teacher!r}")
         if self.task == "text":
             raise ValueError("train_rl.py needs a task with answers; AHMMemory-Text-v0 has none")
+        self.benchmark_config(Path(self.out_dir) / "round_0")  # the final benchmark's options, checked before step 1
+
+    def benchmark_config(self, final: Path, learned: Sequence[Controller] = ()) -> BenchmarkConfig:
+        """The final benchmark of the controller(s) ``learned`` on the backbone of round directory ``final``."""
+        return BenchmarkConfig(tasks=(self.env_id,), lengths=self.eval_lengths,
+                               controllers=[*learned, *self.eval_controllers] or ["none"], seeds=self.eval_seeds,
+                               chunk_size=self.chunk_size, backbone=str(final / "backbone"),
+                               out_dir=str(Path(self.out_dir) / "benchmark"), threads=self.threads,
+                               progress=self.progress)
 
     @property
     def task(self) -> str:
@@ -224,12 +256,43 @@ def _policy_kwargs(cfg: TrainRLConfig) -> dict[str, Any]:
     return {"net_arch": widths}
 
 
+RESUMABLE_CHANGES = ("rounds", "resume", "progress", "out_dir", "eval_lengths", "eval_seeds", "eval_controllers")
+"""Options that may differ between a run and its --resume (more rounds, another final benchmark); any other change
+would continue a run with settings it was not trained with."""
+
+
+def _check_same_run(cfg: TrainRLConfig, state: Mapping[str, Any], path: Path) -> None:
+    """Refuse to --resume a run saved with other settings, naming each that differs (before any work is done)."""
+    saved = state.get("config")
+    if not isinstance(saved, Mapping):
+        raise ValueError(f"--resume: {path} records no settings; it was not written by this version of train_rl.py")
+    now = json.loads(json.dumps(asdict(cfg)))  # tuples as lists, as they were saved
+    differ = [f"--{k.replace('_', '-')} {saved.get(k)!r} -> {now[k]!r}" for k in now
+              if k not in RESUMABLE_CHANGES and saved.get(k) != now[k]]
+    if differ:
+        raise ValueError(f"--resume: {path} was saved with other settings ({'; '.join(differ)}); resume with the "
+                         "saved settings or start a new --out-dir")
+    if not isinstance(state.get("completed_rounds"), int) or state["completed_rounds"] < 1:
+        raise ValueError(f"--resume: {path} names no completed round ({state.get('completed_rounds')!r})")
+
+
+def _complete_round(cfg: TrainRLConfig, out: Path, r: int, round_dir: Path, timings: list[dict[str, float]],
+                    t0: float, t1: float, t2: float, log: Callable[[str], None]) -> None:
+    """Name round ``r`` complete (``state.json``, written atomically after its checkpoints) and log its timing."""
+    atomic_write_bytes(out / STATE, json.dumps({"completed_rounds": r + 1, "config": asdict(cfg)}).encode())
+    timings.append({"round": r, "backbone_s": round(t1 - t0, 1), "controller_s": round(t2 - t1, 1)})
+    log(f"round {r}: backbone phase {t1 - t0:.0f}s, controller phase {t2 - t1:.0f}s ({cfg.rl_timesteps} steps); "
+        f"checkpoint {round_dir}/")
+
+
 def run_alternation(cfg: TrainRLConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the rounds and the final benchmark (module doc); returns timings, paths and the benchmark rows."""
     torch.set_num_threads(cfg.threads)
     out = Path(cfg.out_dir)
     start = time.perf_counter()
     first_round, model, sb3_model = 0, None, None
+    policy: ActorCritic | None = None  # --algo fast_ppo's network (actor and critic), continued across rounds
+    remove_stale_temporaries(out)  # a run killed while writing a checkpoint left them
     if cfg.resume:
         try:
             state = json.loads((out / STATE).read_text())
@@ -237,11 +300,15 @@ def run_alternation(cfg: TrainRLConfig, log: Callable[[str], None] = print) -> d
             raise FileNotFoundError(f"--resume: no {STATE} in {str(out)!r}; start without --resume") from err
         except json.JSONDecodeError as err:
             raise ValueError(f"--resume: {out / STATE} is corrupted ({err})") from err
+        _check_same_run(cfg, state, out / STATE)
         done = int(state["completed_rounds"])
         last = out / f"round_{done - 1}"
         model, _ = load_ahm_checkpoint(last / "backbone")
         model.train().requires_grad_(True)
-        sb3_model = load_controller(last / "controller", num_envs=cfg.num_envs).model
+        if cfg.algo == FAST_PPO:
+            policy = FastPPO.load_policy(last / "controller")
+        else:
+            sb3_model = load_controller(last / "controller", num_envs=cfg.num_envs).model
         first_round = done
         log(f"resumed after round {done - 1} from {out}")
     else:
@@ -252,7 +319,9 @@ def run_alternation(cfg: TrainRLConfig, log: Callable[[str], None] = print) -> d
         # ---- backbone phase: supervised, memory ops from the current controller
         t0 = time.perf_counter()
         lm_cfg = _lm_config(cfg, round_dir, model)
-        teacher: Controller = make_controller(cfg.teacher) if sb3_model is None else SB3Controller(sb3_model)
+        teacher: Controller = (make_controller(cfg.teacher) if sb3_model is None and policy is None else
+                               SB3Controller(sb3_model) if sb3_model is not None else
+                               TorchPolicyController(policy, name=FAST_PPO))
         if cfg.lm_steps > 0:
             result = train(lm_cfg, log=log, controller=teacher, model=model)
             model = result.model
@@ -268,6 +337,24 @@ def run_alternation(cfg: TrainRLConfig, log: Callable[[str], None] = print) -> d
                       "wm_slots": cfg.wm_slots, "stream_seeds": streams}
         if cfg.rl_ltm_capacity:
             env_kwargs["ltm_capacity"] = cfg.rl_ltm_capacity
+        trained_on = {k: v for k, v in env_kwargs.items() if k not in ("backbone", "stream_seeds")}
+        spec = {"env_id": cfg.env_id, "env_kwargs": {**trained_on, "backbone": str(round_dir / "backbone")}}
+        if cfg.algo == FAST_PPO:
+            learner = FastPPO(FastPPOConfig(
+                env_id=cfg.env_id, env_kwargs=env_kwargs, num_envs=cfg.num_envs, n_steps=cfg.n_steps,
+                learning_rate=cfg.rl_lr, gamma=cfg.gamma, gae_lambda=cfg.gae_lambda, ent_coef=cfg.ent_coef,
+                credit_coef=cfg.credit_coef, forget_prior=cfg.forget_prior, net_arch=cfg.net_arch,
+                seed=cfg.seed + r), policy=policy)
+            st = learner.learn(cfg.rl_timesteps, progress=cfg.progress)
+            policy = learner.policy
+            log(f"round {r} controller phase (fast_ppo): {st['timesteps']} steps, {st['steps_per_second']:.0f} "
+                f"steps/s after {st['warmup_seconds']:.0f}s reading the training streams, training accuracy "
+                f"{st['accuracy']:.3f} (last 64 episodes)")
+            t2 = time.perf_counter()
+            save_ahm_checkpoint(round_dir / "backbone", model, extra={"round": r, "train_rl_config": asdict(cfg)})
+            learner.save(round_dir / "controller", spec, name=FAST_PPO)
+            _complete_round(cfg, out, r, round_dir, timings, t0, t1, t2, log)
+            continue
         rl_cfg = ControllerTrainConfig(
             algo=cfg.algo, env_id=cfg.env_id, num_envs=cfg.num_envs, total_timesteps=cfg.rl_timesteps,
             n_steps=cfg.n_steps, batch_size=min(256, cfg.n_steps * cfg.num_envs), learning_rate=cfg.rl_lr,
@@ -278,8 +365,6 @@ def run_alternation(cfg: TrainRLConfig, log: Callable[[str], None] = print) -> d
             imitation_epochs=cfg.imitation_epochs, imitation_lr=cfg.imitation_lr, dagger_rounds=cfg.dagger_rounds,
             env_kwargs=env_kwargs, progress=cfg.progress,
             features=cfg.features, policy_kwargs=_policy_kwargs(cfg))
-        trained_on = {k: v for k, v in env_kwargs.items() if k not in ("backbone", "stream_seeds")}
-        spec = {"env_id": cfg.env_id, "env_kwargs": {**trained_on, "backbone": str(round_dir / "backbone")}}
         reuse_env = None
         if rl_cfg.imitate:  # imitation first, kept on its own (the benchmark scores it too), then RL continues it
             fit = fit_controller(dataclasses.replace(rl_cfg, total_timesteps=0))
@@ -298,20 +383,14 @@ def run_alternation(cfg: TrainRLConfig, log: Callable[[str], None] = print) -> d
         # ---- checkpoint: backbone and controller, then the state that names the round (atomic, last)
         save_ahm_checkpoint(round_dir / "backbone", model, extra={"round": r, "train_rl_config": asdict(cfg)})
         save_controller(round_dir / "controller", sb3_model, spec)
-        atomic_write_bytes(out / STATE, json.dumps({"completed_rounds": r + 1, "config": asdict(cfg)}).encode())
-        timings.append({"round": r, "backbone_s": round(t1 - t0, 1), "controller_s": round(t2 - t1, 1)})
-        log(f"round {r}: backbone phase {t1 - t0:.0f}s, controller phase {t2 - t1:.0f}s ({cfg.rl_timesteps} steps); "
-            f"checkpoint {round_dir}/")
+        _complete_round(cfg, out, r, round_dir, timings, t0, t1, t2, log)
     final = out / f"round_{cfg.rounds - 1}"
     label = f"{cfg.algo} (imitation only)" if cfg.imitate and cfg.rl_timesteps == 0 else f"{cfg.algo} (learned)"
-    learned = [load_controller(final / "controller", name=label)]
+    learned: list[Controller] = [load_mlp_policy(final / "controller", name=label) if cfg.algo == FAST_PPO else
+                                 load_controller(final / "controller", name=label)]
     if cfg.imitate and cfg.rl_timesteps and (out / "round_0" / IMITATION).exists():
         learned.append(load_controller(out / "round_0" / IMITATION, name=f"{cfg.algo} (imitation only)"))
-    bench = BenchmarkConfig(tasks=(cfg.env_id,), lengths=cfg.eval_lengths,
-                            controllers=[*learned, *cfg.eval_controllers],
-                            seeds=cfg.eval_seeds, chunk_size=cfg.chunk_size, backbone=str(final / "backbone"),
-                            out_dir=str(out / "benchmark"), threads=cfg.threads, progress=cfg.progress)
-    rows = run_benchmark(bench, log=None)
+    rows = run_benchmark(cfg.benchmark_config(final, learned), log=None)
     table = benchmark_table(rows)
     log(f"\ncontroller benchmark ({cfg.env_id}, backbone {final / 'backbone'}, {cfg.eval_seeds} seeds):\n")
     log(table)
