@@ -72,6 +72,8 @@ def test_imitation_only_saves_the_cloned_policy_as_the_controller(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--env-id", "AHMMemory-Nope-v0"], "--env-id must be one of"),
     (["--algo", "dqn"], "--algo must be one of"),
+    (["--train-streams", "1G"], "--train-streams 1,073,741,824"),
+    (["--seq-len", "10G"], "--seq-len 10,737,418,240"),
     (["--rounds", "0"], "--rounds must be an int >= 1"),
     (["--gae-lambda", "1.5"], "--gae-lambda must be in [0, 1]"),
     (["--rl-ltm-capacity", "-1"], "--rl-ltm-capacity must be >= 0"),
@@ -87,6 +89,8 @@ def test_imitation_only_saves_the_cloned_policy_as_the_controller(tmp_path):
     (["--eval-controllers", "bogus"], "bogus"),
     (["--eval-lengths", "bogus"], "eval-lengths"),
     (["--algo", "dqn"], "--algo must be one of"),
+    (["--train-streams", "1G"], "--train-streams 1,073,741,824"),
+    (["--seq-len", "10G"], "--seq-len 10,737,418,240"),
 ])
 def test_bad_config_stops_with_a_message(tmp_path, args, message):
     r = subprocess.run([sys.executable, str(REPO / "train_rl.py"), "--out-dir", str(tmp_path / "run"), *args],
@@ -108,7 +112,8 @@ FAST = {**SHORT, "algo": "fast_ppo", "rl_timesteps": 128, "num_envs": 4, "n_step
 def _weights(directory: Path) -> dict:
     from safetensors.torch import load_file
 
-    return {f"{p.parent.name}/{k}": v for p in sorted(directory.rglob("*.safetensors")) for k, v in load_file(p).items()}
+    files = sorted(directory.rglob("*.safetensors"))
+    return {f"{p.parent.name}/{k}": v for p in files for k, v in load_file(p).items()}
 
 
 def test_fast_ppo_resume_after_a_kill_in_either_phase_is_bit_exact(tmp_path):

@@ -51,6 +51,7 @@ from ahm.backbone.checkpoint import (
     remove_stale_temporaries,
     save_ahm_checkpoint,
 )
+from ahm.backbone.errors import ResourceError
 from ahm.envs import ENV_SPECS
 from ahm.envs.default_backbones import shipped_backbone_path
 from ahm.training.config import TrainLMConfig, int_tuple, str_tuple
@@ -60,6 +61,11 @@ __all__ = ["TrainRLConfig", "run_alternation"]
 
 FAST_PPO = "fast_ppo"
 """The --algo of :class:`ahm.agents.fast_ppo.FastPPO` (the others are Stable-Baselines3's, ALGORITHMS)."""
+MAX_SEQ_LEN = 10 * 2**20
+"""Longest training episode (tokens): 10M, the benchmark's longest length."""
+MAX_TRAINING_TOKENS = 2**28
+"""Most tokens of training streams (--train-streams x --seq-len): their features are read through the backbone (about
+an hour at 60K tokens/s on 2 cores) and cached (about 5 bytes per token: 1.3 GB) before the first RL step."""
 STATE = "state.json"
 IMITATION = "controller_imitation"
 """With --imitate: round 0's controller after imitation, before RL."""
@@ -194,6 +200,15 @@ class TrainRLConfig:
         if self.algo == FAST_PPO and (self.imitate or self.features != "flat"):
             raise ValueError("--algo fast_ppo learns from scratch with flat features: leave --imitate empty and "
                              "--features flat, or choose an SB3 algorithm (--algo ppo)")
+        if self.seq_len > MAX_SEQ_LEN:
+            raise ResourceError(f"--seq-len {self.seq_len:,} is beyond the {MAX_SEQ_LEN:,} tokens a training episode "
+                                "may have (the benchmark's longest length)")
+        if self.train_streams * self.seq_len > MAX_TRAINING_TOKENS:
+            raise ResourceError(
+                f"--train-streams {self.train_streams:,} x --seq-len {self.seq_len:,} = "
+                f"{self.train_streams * self.seq_len:,} tokens would be read through the backbone before the first "
+                f"RL step and their features cached (about 5 bytes per token); at most {MAX_TRAINING_TOKENS:,}: "
+                "use fewer or shorter training streams")
         if self.rl_ltm_capacity < 0:
             raise ValueError(f"--rl-ltm-capacity must be >= 0 (0: the env's default), got {self.rl_ltm_capacity!r}")
         if not (0.0 <= self.gamma <= 1.0 and 0.0 <= self.gae_lambda <= 1.0):
