@@ -36,8 +36,14 @@ from torch import nn
 
 from ahm.agents.policies import FEATURE_EXTRACTORS
 from ahm.agents.sb3_controllers import ALGORITHMS, AlgoSpec, SB3Controller, TorchPolicyController, algo_name
-from ahm.backbone.checkpoint import atomic_write_bytes, read_bundle_meta, state_dict_for_saving, write_bundle_meta
-from ahm.backbone.errors import CheckpointError
+from ahm.backbone.checkpoint import (
+    atomic_write_bytes,
+    check_finite,
+    read_bundle_meta,
+    state_dict_for_saving,
+    write_bundle_meta,
+)
+from ahm.backbone.errors import CheckpointError, first_non_finite
 
 __all__ = ["save_controller", "load_controller", "save_mlp_policy", "load_mlp_policy", "read_mlp_policy", "MLPPolicy",
            "checkpoint_meta",
@@ -202,6 +208,7 @@ def save_controller(path: str | Path, model: OnPolicyAlgorithm | SB3Controller,
         raise ValueError(f"env_spec must be JSON-able (see env_spec_of): {err}") from err
     # clone: tensors that share storage (a shared extractor) cannot be saved by safetensors
     weights = {k: v.detach().cpu().contiguous().clone() for k, v in model.policy.state_dict().items()}
+    check_finite(weights.items(), f"save_controller({str(path)!r})")  # never save a diverged policy
     blob = save_safetensors_bytes(weights)
     meta = {
         "algo": algo, "policy": spec.policy,
@@ -259,6 +266,10 @@ def load_controller(path: str | Path, deterministic: bool = True, device: str = 
         weights = load_safetensors_bytes(blob)
     except (SafetensorError, OSError, RuntimeError) as err:
         raise ValueError(f"{what}: {_WEIGHTS} is corrupted ({err})") from err
+    bad = first_non_finite(weights.items())
+    if bad is not None:
+        raise CheckpointError(f"{what}: tensor {bad[0]!r} has {bad[1]} of {bad[2]} values NaN or infinite (a "
+                              "diverged policy was saved); train it again")
     spec = ALGORITHMS[algo]
     accepted = inspect.signature(spec.cls.__init__).parameters
     hyper = {k: v for k, v in hyper.items() if k in accepted}
@@ -390,7 +401,9 @@ def save_mlp_policy(path: str | Path, module: nn.Module, layers: list[str], obse
     if not linear or linear[-1].out_features != sum(nvec):
         raise ValueError(f"the last linear layer of {layers} must output sum(nvec) = {sum(nvec)} logits, got "
                          f"{linear[-1].out_features if linear else 'no linear layer'}")
-    blob = save_safetensors_bytes(state_dict_for_saving(module))
+    state = state_dict_for_saving(module)
+    check_finite(state.items(), f"save_mlp_policy({str(path)!r})")  # never save a diverged policy
+    blob = save_safetensors_bytes(state)
     try:
         tail = json.loads(json.dumps({"env_spec": dict(env_spec or {}), "extra": dict(extra or {})}, allow_nan=False))
     except (TypeError, ValueError) as err:
@@ -423,7 +436,12 @@ def read_mlp_policy(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.T
     if hashlib.sha256(blob).hexdigest() != meta.get("weights_sha256"):
         raise ValueError(f"{what}: {weights_path.name} is corrupted (its SHA-256 differs from the one recorded in "
                          f"{meta_path.name}); save the policy again")
-    return meta, load_safetensors_bytes(blob)
+    weights = load_safetensors_bytes(blob)
+    bad = first_non_finite(weights.items())
+    if bad is not None:
+        raise CheckpointError(f"{what}: tensor {bad[0]!r} has {bad[1]} of {bad[2]} values NaN or infinite (a "
+                              "diverged policy was saved); train it again")
+    return meta, weights
 
 
 def load_mlp_policy(path: str | Path, name: str | None = None, device: str = "cpu") -> TorchPolicyController:

@@ -49,6 +49,7 @@ from torch import Tensor, nn
 from ahm.agents.controller_checkpoint import load_mlp_policy, read_mlp_policy, save_mlp_policy
 from ahm.agents.evaluation import prepare_features
 from ahm.agents.sb3_controllers import TorchPolicyController
+from ahm.backbone.errors import NonFiniteError
 from ahm.envs.spaces import OBSERVATION_KEYS, ActionLayout
 from ahm.envs.vector_env import AHMMemoryVectorEnv
 
@@ -374,8 +375,8 @@ class FastPPO:
                 loss.backward()
                 norm = nn.utils.clip_grad_norm_(self.policy.parameters(), c.max_grad_norm)
                 if not torch.isfinite(loss) or not torch.isfinite(norm):
-                    raise FloatingPointError(f"FastPPO: non-finite loss or gradient at timestep {self.timesteps} "
-                                             f"(learning_rate {c.learning_rate} too large?)")
+                    raise NonFiniteError(f"FastPPO: non-finite loss or gradient at timestep {self.timesteps}: "
+                                         f"lower learning_rate ({c.learning_rate}) or max_grad_norm")
                 self.optimizer.step()
                 stats["policy_loss"].append(float(policy_loss.detach()))
                 stats["value_loss"].append(float(value_loss.detach()))

@@ -63,6 +63,7 @@ from ahm.agents.sb3_controllers import (
     algo_name,
     masked_argmax,  # noqa: F401  (re-export: it lived here)
 )
+from ahm.backbone.errors import NonFiniteError, first_non_finite
 from ahm.envs.spaces import ActionLayout
 from ahm.envs.vector_env import AHMMemoryVectorEnv
 
@@ -340,6 +341,13 @@ class MemoryLoggingCallback(BaseCallback):
         self._episodes = 0
         self._accuracy = 0.0
 
+    def _on_rollout_start(self) -> None:
+        """Stop a diverged run: after each update (before the next rollout) every policy weight must be finite."""
+        bad = first_non_finite(self.model.policy.state_dict().items())
+        if bad is not None:
+            raise NonFiniteError(f"{algo_name(self.model)}: policy tensor {bad[0]!r} has {bad[1]} of {bad[2]} values "
+                                 f"NaN or infinite after {self.model.num_timesteps} steps: lower the learning rate")
+
     def _on_step(self) -> bool:
         infos = self.locals.get("infos", ())
         dones = self.locals.get("dones", np.zeros(len(infos), dtype=bool))
@@ -508,8 +516,16 @@ def fit_controller(config: ControllerTrainConfig, model: OnPolicyAlgorithm | Non
     logging_cb = MemoryLoggingCallback(eval_env, config.eval_freq, eval_seed=config.seed + 10_000)
     if config.progress and config.total_timesteps:
         callbacks = [*callbacks, ProgressBarCallback(f"{config.algo} ({config.total_timesteps} steps)")]
-    model.learn(total_timesteps=config.total_timesteps, callback=CallbackList([logging_cb, *callbacks]),
-                log_interval=config.log_interval, tb_log_name=config.algo, reset_num_timesteps=reset)
+    try:
+        model.learn(total_timesteps=config.total_timesteps, callback=CallbackList([logging_cb, *callbacks]),
+                    log_interval=config.log_interval, tb_log_name=config.algo, reset_num_timesteps=reset)
+    except ValueError as err:  # torch's distributions refuse NaN logits: say that the run diverged, and where
+        bad = first_non_finite(model.policy.state_dict().items())
+        if bad is None:
+            raise
+        raise NonFiniteError(f"{config.algo}: policy tensor {bad[0]!r} has {bad[1]} of {bad[2]} values NaN or "
+                             f"infinite after {model.num_timesteps} steps: lower the learning rate "
+                             f"({config.learning_rate})") from err
     if eval_env is not None:
         eval_env.close()
     return ControllerFit(model, stats)

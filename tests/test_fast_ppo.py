@@ -156,3 +156,44 @@ def test_tiny_budget_learns_over_random() -> None:
     learned = evaluate(learner.controller(), "AHMMemory-v0", episodes=16, num_envs=16, seed=777, **kwargs)
     random = evaluate(make_controller("random"), "AHMMemory-v0", episodes=16, num_envs=16, seed=777, **kwargs)
     assert learned.accuracy >= random.accuracy + 0.4, (learned.accuracy, random.accuracy)
+
+
+def test_a_diverged_policy_is_never_saved_nor_loaded(tmp_path) -> None:
+    from ahm.backbone.errors import CheckpointError, NonFiniteError
+
+    a = _learner()
+    a.save(tmp_path / "ok")
+    with torch.no_grad():
+        a.policy.actor[0].weight[0, 0] = float("nan")
+    with pytest.raises(NonFiniteError, match="actor.0.weight"):
+        a.save(tmp_path / "bad")
+    assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())
+    # a file that holds NaN anyway (written by other code) is refused on load, naming the tensor
+    from safetensors.torch import save_file
+
+    from ahm.agents.controller_checkpoint import checkpoint_files
+
+    meta_path, weights_path = checkpoint_files(tmp_path / "ok")
+    import hashlib
+    import json
+
+    state = {k: v.clone() for k, v in FastPPO.load_policy(tmp_path / "ok").state_dict().items()}
+    state["critic.0.bias"][0] = float("inf")
+    save_file(state, weights_path)
+    meta = json.loads(meta_path.read_text())
+    meta["weights_sha256"] = hashlib.sha256(weights_path.read_bytes()).hexdigest()
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="critic.0.bias"):
+        load_mlp_policy(tmp_path / "ok")
+    with pytest.raises(NonFiniteError, match="learning_rate"):
+        _learner(learning_rate=1e30).learn(512)
+
+
+def test_sb3_training_stops_on_divergence() -> None:
+    from ahm.agents.learned import ControllerTrainConfig, train_controller
+    from ahm.backbone.errors import NonFiniteError
+
+    config = ControllerTrainConfig(algo="ppo", num_envs=2, n_steps=16, batch_size=32, total_timesteps=128,
+                                   learning_rate=1e30, env_kwargs=SMALL, eval_freq=0)
+    with pytest.raises(NonFiniteError, match="NaN or infinite"):
+        train_controller(config)

@@ -141,3 +141,41 @@ def test_resume_with_other_settings_is_refused_before_any_work(tmp_path):
     with pytest.raises(ValueError, match=r"--wm-slots 8 -> 4"):
         run_alternation(TrainRLConfig(**FAST, wm_slots=4, out_dir=str(tmp_path), resume=True), log=lambda s: None)
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before
+
+
+FAST_ARGS = ["--backbone", "fresh", "--rounds", "2", "--lm-steps", "2", "--lm-lengths", "512", "--algo", "fast_ppo",
+             "--rl-timesteps", "128", "--num-envs", "4", "--n-steps", "16", "--seq-len", "1024", "--train-streams",
+             "2", "--chunk-size", "64", "--eval-lengths", "1024", "--eval-seeds", "1", "--eval-controllers", "none",
+             "--rl-ltm-capacity", "2", "--no-progress"]
+
+
+@pytest.mark.parametrize("phase, trigger", [("backbone", "round 0:"), ("controller", "round 1 backbone phase")])
+def test_sigkill_in_either_phase_then_resume_gives_identical_weights(tmp_path, phase, trigger):
+    """A real SIGKILL of train_rl.py as soon as round 1's backbone (or controller) phase has begun, then --resume:
+    the weights of both rounds are exactly those of a run never killed."""
+    import os
+    import signal
+
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    run_alternation(TrainRLConfig(**FAST, out_dir=str(whole)), log=lambda s: None)
+    cmd = [sys.executable, "-u", str(REPO / "train_rl.py"), *FAST_ARGS, "--out-dir", str(killed)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith(trigger):
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=120)
+    proc.stdout.close()
+    assert proc.returncode == -signal.SIGKILL, "".join(seen)
+    assert json.loads((killed / "state.json").read_text())["completed_rounds"] == 1
+    r = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    for rd in ("round_0", "round_1"):
+        a, b = _weights(whole / rd), _weights(killed / rd)
+        assert a.keys() == b.keys() and a
+        for k in a:
+            assert a[k].equal(b[k]), f"killed in the {phase} phase: {rd}/{k} differs after the resume"
+    assert not list(killed.rglob("*.tmp"))
