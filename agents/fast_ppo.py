@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ahm.agents.controller_checkpoint import load_mlp_policy, read_mlp_policy, save_mlp_policy
+from ahm.agents.controller_checkpoint import read_mlp_policy, save_mlp_policy
 from ahm.agents.evaluation import prepare_features
 from ahm.agents.sb3_controllers import TorchPolicyController
 from ahm.backbone.errors import NonFiniteError
@@ -272,7 +272,7 @@ class FastPPO:
         self._obs: dict[str, np.ndarray] | None = None
         self._episode_step = np.zeros(c.num_envs, dtype=np.int64)
         self.episodes: list[dict[str, float]] = []
-        """Finished training episodes: accuracy (correct / targets) and return, in order."""
+        """Finished training episodes, in order: accuracy (correct / targets) and length (steps)."""
 
     # ------------------------------------------------------------------ rollout
     def _reset(self) -> None:
@@ -448,7 +448,3 @@ class FastPPO:
             raise ValueError(f"{str(path)!r}: the weights do not fit the recorded network ({err!r})") from err
         return policy
 
-
-def load_fast_ppo_controller(path: str | Path, name: str | None = None) -> TorchPolicyController:
-    """The saved policy as a controller (the same as :func:`~ahm.agents.controller_checkpoint.load_mlp_policy`)."""
-    return load_mlp_policy(path, name=name)

@@ -144,10 +144,10 @@ class TrainRLConfig:
     wm_slots: int = 8
     """Working-memory slots."""
     rl_ltm_capacity: int = 4
-    """LTM entries of the controller phase's training env (0: the env's default, 512); the benchmark always uses
-    the default. A small one makes the policy meet a full LTM on short (cheap) episodes: over 16K tokens (64 chunks)
-    a policy that writes every chunk loses a mid-depth fact from 8 WM slots and 4 LTM entries, as it does from 512
-    entries over 1M tokens, so what it learns in training is what holds at 1M."""
+    """LTM entries of the controller phase's training env (0: the id's own, 512 for most ids); the benchmark always
+    uses the id's own. A small one makes the policy meet a full LTM on short (cheap) episodes: over 16K tokens (64
+    chunks) a policy that writes every chunk loses a mid-depth fact from 8 WM slots and 4 LTM entries, as it does
+    from 512 entries over 1M tokens, so what it learns in training is what holds at 1M."""
     eval_lengths: tuple[int, ...] = (16 * 1024, 100 * 1024, 1024 * 1024)
     """Benchmark lengths, comma-separated (K = 1024, M = 1024 K: 16K,100K,1M)."""
     eval_seeds: int = 3
@@ -170,7 +170,6 @@ class TrainRLConfig:
             raise ValueError(f"--env-id must be one of {list(ENV_SPECS)}, got {self.env_id!r}")
         if self.algo != FAST_PPO and self.algo not in ALGORITHMS:
             raise ValueError(f"--algo must be one of {[FAST_PPO, *ALGORITHMS]}, got {self.algo!r}")
-
         for name in ("rounds", "num_envs", "n_steps", "seq_len", "train_streams", "chunk_size",
                      "wm_slots", "eval_seeds", "threads", "imitation_steps", "imitation_epochs"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
