@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from ahm.agents.rollout import rollout
 from ahm.agents.sb3_controllers import ALGORITHMS, SB3Controller, algo_name
+from ahm.backbone.errors import NonFiniteError
 from ahm.envs.vector_env import AHMMemoryVectorEnv
 
 __all__ = ["Demonstrations", "collect_demonstrations", "imitate", "dagger", "RecordImitation", "target_accuracy"]
@@ -198,8 +199,12 @@ def imitate(model: OnPolicyAlgorithm, demos: Demonstrations, epochs: int, batch_
         for idx in train_rows[torch.randperm(len(train_rows), generator=generator)].split(batch_size):
             policy_loss, value_loss = losses(idx.to(device))
             optimizer.zero_grad()
-            (policy_loss + vf_coef * value_loss).backward()
-            nn.utils.clip_grad_norm_(policy.parameters(), 0.5)
+            loss = policy_loss + vf_coef * value_loss
+            loss.backward()
+            norm = nn.utils.clip_grad_norm_(policy.parameters(), 0.5)
+            if not (torch.isfinite(loss) and torch.isfinite(norm)):
+                raise NonFiniteError(f"imitation: non-finite loss or gradient in epoch {epoch}: lower the imitation "
+                                     f"learning rate ({learning_rate})")
             optimizer.step()
         if len(holdout_rows):
             loss = holdout_loss()

@@ -152,7 +152,9 @@ def test_sigkill_then_resume_is_exact(tmp_path):
     proc.wait()
     killed_at = json.loads((run / "trainer.json").read_text())["state"]["step"]
     assert 10 <= killed_at < 30, killed_at
+    (run / ".trainer.json.k1ll3d.tmp").write_text('{"state": ')  # what a kill in the middle of a write leaves
     resumed = run_cli([*args, "--out-dir", str(run), "--resume"], tmp_path)
+    assert not list(run.rglob("*.tmp")), "a half-written temporary survived the resumed run"
     assert resumed.returncode == 0, resumed.stderr
     a = json.loads((tmp_path / "full" / "trainer.json").read_text())["state"]
     b = json.loads((run / "trainer.json").read_text())["state"]

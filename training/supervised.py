@@ -55,7 +55,13 @@ from ahm.agents.rollout import (
     controller_actions,
 )
 from ahm.backbone import AHMModel
-from ahm.backbone.checkpoint import estimate_model_bytes, load_ahm_checkpoint, load_ahm_config, save_ahm_checkpoint
+from ahm.backbone.checkpoint import (
+    estimate_model_bytes,
+    load_ahm_checkpoint,
+    load_ahm_config,
+    remove_stale_temporaries,
+    save_ahm_checkpoint,
+)
 from ahm.backbone.errors import AHMConfigError, NonFiniteError, first_non_finite, require_memory
 from ahm.training.checkpoint import (
     current_model_dir,
@@ -146,6 +152,8 @@ def train(cfg: TrainLMConfig, log: Callable[[str], None] = print, controller: Co
         raise FileNotFoundError(f"--eval: no training checkpoint in {str(out_dir)!r}; train one first")
     if not cfg.eval:  # before the first step: a run that cannot save would lose its steps at the first checkpoint
         check_writable(out_dir, "--out-dir")
+        if rank == 0:  # a run killed while writing a checkpoint left half-written temporaries; nothing writes yet
+            remove_stale_temporaries(out_dir)
         if cfg.export_dir:
             check_writable(Path(cfg.export_dir), "--export-dir")
 
