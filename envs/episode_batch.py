@@ -285,7 +285,13 @@ class EpisodeBatch:
         tokens = torch.from_numpy(np.stack([s.tokens(0, c.seq_len) for s in streams])).to(self.device)  # (r, L)
         chunks = []
         state = None
-        for start in range(0, c.seq_len, c.chunk_size):
+        starts = range(0, c.seq_len, c.chunk_size)
+        if c.seq_len >= LONG_RESET_TOKENS and sys.stderr.isatty():  # a long reset: minutes of backbone, shown
+            from tqdm import tqdm
+
+            starts = tqdm(starts, desc=f"reading {len(streams)} stream(s) of {c.seq_len:,} tokens", unit="chunk",
+                          leave=False)
+        for start in starts:
             with keep_torch_threads():  # per call: the next chunk's torch ops must not run on the reset count
                 feats, state = model.chunk_features(tokens[:, start : start + c.chunk_size], state)
             chunks.append(EpisodeFeatures.of_chunk(feats))
