@@ -48,6 +48,7 @@ from torch import Tensor, nn
 
 from ahm.agents.controller_checkpoint import read_mlp_policy, save_mlp_policy
 from ahm.agents.evaluation import prepare_features
+from ahm.agents.policies import FORGET_COMPONENTS, set_noop_bias
 from ahm.agents.sb3_controllers import TorchPolicyController
 from ahm.backbone.errors import NonFiniteError
 from ahm.envs.spaces import OBSERVATION_KEYS, ActionLayout
@@ -118,10 +119,6 @@ class FastPPOConfig:
             raise ValueError("set num_envs on the config, not in env_kwargs")
 
 
-FORGET_COMPONENTS = (3, 4)
-"""The action components that destroy memory (WM slot to forget, LTM entries to forget); value 0 is "none"."""
-
-
 def _mlp(widths: Sequence[int], gains: Sequence[float]) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
@@ -153,15 +150,9 @@ class ActorCritic(nn.Module):
         self.critic = _mlp([o, *hidden, 1], [root2] * len(hidden) + [1.0])
 
     def set_noop_prior(self, components: Sequence[int], prob: float) -> None:
-        """Start value 0 of each of ``components`` at probability ``prob`` (the others share the rest equally),
-        through the bias of the actor's last layer (its weights start near 0, so the bias alone sets it)."""
-        offsets = np.concatenate([[0], np.cumsum(self.nvec)[:-1]])
-        bias = self.actor[-1].bias
-        with torch.no_grad():
-            for j in components:
-                n, start = self.nvec[j], int(offsets[j])
-                bias[start : start + n] = 0.0
-                bias[start] = math.log(prob * (n - 1) / (1.0 - prob))
+        """Start value 0 of each of ``components`` at probability ``prob`` through the bias of the actor's last layer
+        (:func:`ahm.agents.policies.set_noop_bias`; its weights start at gain 0.01)."""
+        set_noop_bias(self.actor[-1].bias, self.nvec, components, prob)
 
     def flat(self, observation: Mapping[str, Any]) -> Tensor:
         """(b, O) float32: the observation's keys flattened and concatenated (numpy arrays or tensors)."""
@@ -326,7 +317,7 @@ class FastPPO:
                     t = final["targets"]
                     self.episodes.append({"accuracy": float(t["correct"][r]) / max(1, int(t["total"][r])),
                                           "length": int(self._episode_step[r]) + 1})
-            rewards[s], dones[s] = reward, out.terminated | out.truncated
+            rewards[s], dones[s] = reward, done
             self._episode_step += 1
             self._episode_step[done] = 0
             self._obs = out.observation

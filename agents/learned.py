@@ -38,7 +38,6 @@ from typing import Any, NamedTuple
 
 import gymnasium as gym
 import numpy as np
-import torch
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.vec_env import VecMonitor
@@ -52,7 +51,7 @@ from ahm.agents.imitation import (
     imitate,
     target_accuracy,
 )
-from ahm.agents.policies import slot_policy_kwargs, wire_slot_scores
+from ahm.agents.policies import FORGET_COMPONENTS, set_noop_bias, slot_policy_kwargs, wire_slot_scores
 from ahm.agents.rollout import rollout
 from ahm.agents.sb3_adapter import SB3VecEnvAdapter
 from ahm.agents.sb3_controllers import (
@@ -79,29 +78,17 @@ TRAIN_INFO_KEYS = ("is_success", "reward_terms", "memory", "targets")
 dropped because building per-env Python dicts costs about a microsecond per key and env per step."""
 
 
-FORGET_COMPONENTS = (3, 4)
-"""The action components that destroy memory (WM slot to forget, LTM entries to forget); value 0 is "none"."""
-
-
 def set_noop_prior(policy: Any, components: Sequence[int], prob: float) -> None:
-    """Make value 0 ("nothing") of each of ``components`` start with probability ``prob`` (in place).
-
-    Sets the bias of the policy's ``action_net`` (SB3 builds one logit per value of each ``MultiDiscrete``
-    component, with weights initialised at gain 0.01, so the bias alone sets the starting distribution): the
-    component's other values share ``1 - prob`` equally. Training moves it like any other weight.
-    """
+    """Make value 0 ("nothing") of each of ``components`` start with probability ``prob`` (in place), through the
+    bias of the SB3 policy's ``action_net`` (:func:`ahm.agents.policies.set_noop_bias`; SB3 builds one logit per
+    value of each ``MultiDiscrete`` component, with weights initialised at gain 0.01). Training moves it like any
+    other weight."""
     if not 0.0 < prob < 1.0:
         raise ValueError(f"set_noop_prior: prob must be in (0, 1), got {prob!r}")
-    layout = ActionLayout.from_nvec(policy.action_space.nvec)
-    nvec, offsets = layout.nvec, layout.offsets
     bias = getattr(policy.action_net, "bias", None)
-    if bias is None or bias.shape[0] != layout.mask_width:  # one logit per action value, as a flat mask
+    if bias is None or bias.shape[0] != ActionLayout.from_nvec(policy.action_space.nvec).mask_width:
         raise ValueError("set_noop_prior: the policy's action_net has no bias with one logit per action value")
-    with torch.no_grad():
-        for j in components:
-            n, start = int(nvec[j]), int(offsets[j])
-            bias[start : start + n] = 0.0
-            bias[start] = math.log(prob * (n - 1) / (1.0 - prob))
+    set_noop_bias(bias, policy.action_space.nvec, components, prob)
 
 
 @dataclass

@@ -34,6 +34,27 @@ from torch import Tensor, nn
 
 from ahm.envs.spaces import ActionLayout
 
+FORGET_COMPONENTS = (3, 4)
+"""The action components that destroy memory (WM slot to forget, LTM entries to forget); value 0 is "none"."""
+
+
+def set_noop_bias(bias: Tensor, nvec: Any, components: Any, prob: float) -> None:
+    """Make value 0 ("nothing") of each of ``components`` start with probability ``prob`` (in place), through
+    ``bias``, the bias of a policy head with one logit per action value (the flat layout of ``nvec``); the
+    component's other values share ``1 - prob`` equally. The head's weights must start near 0 (SB3's gain 0.01,
+    FastPPO's too), so the bias alone sets the starting distribution."""
+    if not 0.0 < prob < 1.0:
+        raise ValueError(f"the no-op prior must be in (0, 1), got {prob!r}")
+    layout = ActionLayout.from_nvec(nvec)
+    if bias.shape[0] != layout.mask_width:
+        raise ValueError(f"the head has {bias.shape[0]} biases; nvec {layout.nvec.tolist()} needs "
+                         f"{layout.mask_width}, one per action value")
+    with torch.no_grad():
+        for j in components:
+            n, start = int(layout.nvec[j]), int(layout.offsets[j])
+            bias[start : start + n] = 0.0
+            bias[start] = math.log(prob * (n - 1) / (1.0 - prob))
+
 __all__ = ["SlotFeaturesExtractor", "slot_policy_kwargs", "wire_slot_scores", "FEATURE_EXTRACTORS"]
 
 SLOT_KEYS = ("wm_occupied", "wm_age", "wm_uses", "wm_similarity", "wm_key_similarity")

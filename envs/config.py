@@ -18,7 +18,7 @@ import numpy as np
 from ahm.backbone import AHMConfigError, AHMModel
 from ahm.rewards import RewardTerm, RewardWeights
 
-__all__ = ["AHMMemoryConfig", "INVALID_ACTION_MODES", "INVALID_ACTION_PENALTY", "check_stream_seed"]
+__all__ = ["AHMMemoryConfig", "INVALID_ACTION_MODES", "INVALID_ACTION_PENALTY", "check_stream_seed", "reset_option"]
 
 INVALID_ACTION_MODES = ("noop", "penalty", "raise")
 """What a step does with an action component the current mask marks invalid (retrieving from an empty level,
@@ -80,6 +80,17 @@ class AHMMemoryConfig:
         if self.stream_seeds is not None:
             return self.stream_seeds[int(rng.integers(len(self.stream_seeds)))]
         return int(rng.integers(0, 2**63 - 1))
+
+
+def reset_option(options: Mapping[str, Any] | None, key: str) -> Any:
+    """The one option a reset takes (``key``: ``"stream_seed"`` for the single env, ``"stream_seeds"`` for the
+    vector env), or None; any other key is an :class:`~ahm.backbone.errors.AHMConfigError`, raised before the reset
+    changes anything."""
+    options = options or {}
+    unknown = sorted(set(options) - {key})
+    if unknown:
+        raise AHMConfigError(f"reset: unknown options {unknown}; the one option is {key!r}")
+    return options.get(key)
 
 
 def check_stream_seed(value: Any, where: str) -> int:

@@ -285,10 +285,14 @@ class EpisodeBatch:
         tokens = torch.from_numpy(np.stack([s.tokens(0, c.seq_len) for s in streams])).to(self.device)  # (r, L)
         chunks = []
         state = None
-        starts = range(0, c.seq_len, c.chunk_size)
+        starts: Any = range(0, c.seq_len, c.chunk_size)
         if c.seq_len >= LONG_RESET_TOKENS and sys.stderr.isatty():  # a long reset: minutes of backbone, shown
             from tqdm import tqdm
 
+            minutes = len(streams) * c.seq_len / RESET_TOKENS_PER_S / 60
+            print(f"reset: computing the backbone's features of {len(streams)} stream(s) of {c.seq_len:,} tokens, "
+                  f"about {minutes:.0f} min at {RESET_TOKENS_PER_S:,} tokens/s (docs/environments.md)",
+                  file=sys.stderr, flush=True)
             starts = tqdm(starts, desc=f"reading {len(streams)} stream(s) of {c.seq_len:,} tokens", unit="chunk",
                           leave=False)
         for start in starts:
@@ -296,6 +300,14 @@ class EpisodeBatch:
                 feats, state = model.chunk_features(tokens[:, start : start + c.chunk_size], state)
             chunks.append(EpisodeFeatures.of_chunk(feats))
         stacked = EpisodeFeatures(*(torch.stack(field, dim=1) for field in zip(*chunks)))  # (r, n, width)
+        for name, values in zip(EpisodeFeatures._fields, stacked):  # checked once, before anything is cached
+            bad = ~torch.isfinite(values)
+            if bool(bad.any()):
+                r, chunk = (int(i) for i in bad.flatten(2).any(2).nonzero()[0])
+                raise NonFiniteError(
+                    f"the backbone produced non-finite features ({name!r} of the stream with seed "
+                    f"{streams[r].seed}, chunk {chunk}); its checkpoint holds NaN / inf weights or overflows on this "
+                    "input: load another backbone")
         # separate storage per stream: the cache may keep some of them only
         return [stacked.map(lambda x, i=i: x[i].clone()) for i in range(len(streams))]
 
@@ -314,20 +326,7 @@ class EpisodeBatch:
         if len(rows) != len(stream_seeds):
             raise ValueError(f"reset_rows: {len(rows)} rows but {len(stream_seeds)} stream seeds")
         stream_seeds = [check_stream_seed(s, f"stream seed {i}") for i, s in enumerate(stream_seeds)]
-        new = len({s for s in stream_seeds if s not in self._cache})
-        if new and self.integration == "readout" and self.config.seq_len >= LONG_RESET_TOKENS and sys.stderr.isatty():
-            minutes = new * self.config.seq_len / RESET_TOKENS_PER_S / 60
-            print(f"reset: computing the backbone's features of {new} stream(s) of {self.config.seq_len:,} tokens, "
-                  f"about {minutes:.0f} min at {RESET_TOKENS_PER_S:,} tokens/s (docs/environments.md)",
-                  file=sys.stderr, flush=True)
-        episodes = self._episodes(stream_seeds)
-        for seed, ep in zip(stream_seeds, episodes):
-            for name, values in zip(EpisodeFeatures._fields, ep.features or ()):
-                if not bool(torch.isfinite(values).all()):
-                    raise NonFiniteError(
-                        f"the backbone produced non-finite features ({name!r} of the stream with seed {seed}, "
-                        f"chunk {int((~torch.isfinite(values)).flatten(1).any(1).nonzero()[0])}); its checkpoint "
-                        "holds NaN / inf weights or overflows on this input: load another backbone")
+        episodes = self._episodes(stream_seeds)  # may raise (a NaN backbone): no row has changed yet
         for r, seed, ep in zip(rows.tolist(), stream_seeds, episodes):
             self._streams[r] = ep.stream
             self.stream_seeds[r] = int(seed)

@@ -20,7 +20,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from ahm.backbone import AHMConfigError, AHMModel
+from ahm.backbone import AHMModel
 from ahm.backbone.checkpoint import (  # noqa: F401  (checkpoint I/O re-exported from its old home)
     AHM_META,
     AHM_WEIGHTS,
@@ -28,7 +28,7 @@ from ahm.backbone.checkpoint import (  # noqa: F401  (checkpoint I/O re-exported
     load_ahm_config,
     save_ahm_checkpoint,
 )
-from ahm.envs.config import AHMMemoryConfig, check_stream_seed
+from ahm.envs.config import AHMMemoryConfig, check_stream_seed, reset_option
 from ahm.envs.default_backbones import (  # noqa: F401  (re-exported: the default backbones, from their one home)
     DEFAULT_BACKBONE,
     SHIPPED_BACKBONES,
@@ -295,11 +295,7 @@ class AHMMemoryEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
 
     def reset(self, *, seed: int | None = None,
               options: dict[str, Any] | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        options = options or {}
-        unknown = sorted(set(options) - {"stream_seed"})
-        if unknown:  # before anything changes: a refused reset leaves the episode as it was
-            raise AHMConfigError(f"reset: unknown options {unknown}; the one option is 'stream_seed'")
-        stream_seed = options.get("stream_seed")
+        stream_seed = reset_option(options, "stream_seed")  # checked before anything changes
         if stream_seed is not None:
             stream_seed = check_stream_seed(stream_seed, "reset: options['stream_seed']")
         super().reset(seed=seed)

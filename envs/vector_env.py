@@ -44,7 +44,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from ahm.backbone import AHMConfigError, AHMModel
-from ahm.envs.config import AHMMemoryConfig, check_stream_seed
+from ahm.envs.config import AHMMemoryConfig, check_stream_seed, reset_option
 from ahm.envs.episode_batch import EpisodeBatch
 from ahm.envs.render import render_ansi, render_rgb
 from ahm.envs.spaces import ActionLayout, MemoryOpsSpace
@@ -214,11 +214,7 @@ class AHMMemoryVectorEnv(VectorEnv):
         ``options={"stream_seeds": [s_0, ...]}`` picks the streams directly.
         """
         n = self.num_envs
-        options = options or {}
-        unknown = sorted(set(options) - {"stream_seeds"})
-        if unknown:  # before anything changes: a refused reset leaves every episode as it was
-            raise AHMConfigError(f"reset: unknown options {unknown}; the one option is 'stream_seeds'")
-        given = options.get("stream_seeds")
+        given = reset_option(options, "stream_seeds")  # checked before anything changes
         if given is not None:
             if len(given) != n:
                 raise AHMConfigError(f"reset: options['stream_seeds'] has {len(given)} seeds for {n} sub-environments")
