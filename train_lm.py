@@ -6,6 +6,7 @@ calls :func:`ahm.training.supervised.train`. Examples::
     python train_lm.py                                   # byte-level LM on the built-in corpus, with memory
     python train_lm.py --source tasks --tasks passkey --controller oracle
     python train_lm.py --out-dir checkpoints/lm --eval   # bits per byte at 8K / 64K / whole document
+    python train_lm.py --model mamba --model-size 1M     # a comparison model (ahm.backbone.baselines), no memory
     torchrun --nproc_per_node 2 train_lm.py --max-steps 20   # DistributedDataParallel (gloo on CPU)
 """
 
@@ -17,6 +18,7 @@ import sys
 from ahm.backbone.errors import NonFiniteError
 from ahm.cli import parse_config
 from ahm.training.config import TrainLMConfig
+from ahm.training.sequence_lm import train_sequence_model
 from ahm.training.supervised import TrainResult, train
 
 
@@ -26,7 +28,8 @@ def main(argv: list[str] | None = None) -> TrainResult:
     except ValueError as err:  # a config value out of range: say which, change nothing
         sys.exit(f"train_lm.py: {err}")
     try:
-        result = train(cfg)
+        # --model NAME: a comparison model of ahm.backbone.baselines on the same data and budget
+        result = train(cfg) if cfg.model == "ahm" else train_sequence_model(cfg)
     except (FileNotFoundError, ValueError, NonFiniteError) as err:  # empty corpus, missing file, corrupted
         sys.exit(f"train_lm.py: {err}")  # checkpoint, sizes beyond the machine, a diverged run
     except ImportError as err:  # an optional extra the corpus needs (pyarrow, datasets): the message names it

@@ -23,6 +23,8 @@ Modules, one job each:
 * :mod:`~ahm.backbone.ahm_model`: ``AHMConfig``, ``AHMModel`` and the features and state it passes along.
 * :mod:`~ahm.backbone.checkpoint`: safe checkpoints: the bundle header (one place), the LM's and the model's files.
 * :mod:`~ahm.backbone.memory_io`: saving and loading a ``HierarchicalMemory``.
+* :mod:`~ahm.backbone.baselines`: the comparison models (Transformer, Longformer, BigBird, S4D, MoE-Mamba, Jamba,
+  SMR, LMN, Mamba without memory) behind one streaming interface, built by name at a parameter budget.
 """
 
 from .ahm_model import (

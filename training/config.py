@@ -89,6 +89,14 @@ class TrainLMConfig:
 
     source: str = "text"
     """'text' (byte-level language modelling) or 'tasks' (the streams of ahm.envs, with answers)."""
+    model: str = "ahm"
+    """'ahm' (the backbone with hierarchical memory and a controller) or a comparison model of
+    ahm.backbone.baselines (mamba, transformer, longformer, bigbird, s4d, moe_mamba, jamba, smr, lmn), trained on
+    the same data with the same budget (no memory options apply to those)."""
+    model_size: str = "0.1M"
+    """Comparison models: the parameter budget, '0.1M' or '1M' (or a count)."""
+    model_options: tuple[str, ...] = ()
+    """Comparison models: config fields as key=value pairs (JSON values), e.g. 'window=256,n_experts=4'."""
     corpus: str = "stdlib"
     """Text corpus: 'stdlib' (the Python standard library's sources, built in) or a path (see ahm.envs.text_corpus)."""
     max_documents: int = 0
