@@ -16,20 +16,41 @@ and index ``-1``: an empty slot is never returned as a hit.
 int8 keys (compressed long-term memory) are stored as ``codes`` (b, m, d) int8 and a
 per-vector ``scales`` (b, m) float32 with ``key ~= scales * codes``
 (:func:`quantize_int8`); their scores are exact inner products with those
-dequantised keys.
+dequantised keys (the queries are not quantised in the result).
 
 Backends: ``ref`` materialises the whole (q x m) score matrix (the definition);
 ``blocked`` (CPU default) walks the keys in blocks and keeps a running top-k, so
-memory is O(q * block) whatever m is, and int8 blocks are dequantised one at a
-time; ``triton`` (CUDA default; CPU under ``TRITON_INTERPRET=1``) computes
-per-tile candidates in one kernel (:mod:`ahm.kernels.retrieval_triton`).
+memory is O(q * block) whatever m is; ``triton`` (CUDA default; CPU under
+``TRITON_INTERPRET=1``) computes per-tile candidates in one kernel
+(:mod:`ahm.kernels.retrieval_triton`).
+
+On CPU with numba installed, ``blocked`` is (:mod:`ahm.kernels.topk_cpu`):
+
+* fp32: one BLAS matmul per key block into a reused (block, q) buffer, then a
+  numba pass that compares each key's q scores with the queries' running k-th
+  best and inserts only the few that beat it;
+* int8 (``arithmetic="int8"``, the default): int8 x int8 -> int32 dot products of
+  the key codes with per-query int8 codes bound every score; only keys whose bound
+  beats the running k-th best are rescored exactly (float query . dequantised
+  key), so results are those of the dequantise-then-matmul definition.
+  ``arithmetic="float"`` dequantises each block and uses the fp32 path instead.
+
+Without numba, ``blocked`` falls back to a torch-only loop (same results).
+
+Exactness: the indices are those of the reference up to the float32 rounding
+of the dot products themselves (two keys whose scores differ by a few ulp may
+swap), and among equal scores the lower index ranks first (``torch.topk``,
+and so ``ref``, leaves the order of equal scores unspecified). NaN scores are
+never returned by the numba paths.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from . import topk_cpu
 from ._backends import triton_usable
 
 __all__ = [
@@ -43,9 +64,20 @@ __all__ = [
     "topk_similarity_int8_ref",
 ]
 
-# Keys per block of the blocked backend: (q x block) scores stay in cache for the
-# common q <= 64.
-_BLOCK = 16384
+# Keys per block of the blocked backend: 64K keys x 64 queries is a 16 MB score
+# buffer. Measured on 2 shared AVX2 cores (benchmarks/retrieval_topk.py, 1M keys):
+# 16K-key blocks ran 1.3 s, 64K 0.52 s, the peer 0.8 s - every torch op is one
+# OpenMP region, and fewer, larger regions suffer less from a busy neighbour.
+_BLOCK = 65536
+
+# The int8 kernel keeps its dot products in int32: |qc . c| <= 127^2 d < 2^31.
+_INT8_MAX_DIM = (2**31 - 1) // 127**2
+
+# Below this many keys the int8 screen's fixed costs (quantising the queries, merging per-thread
+# lists) outweigh its savings: a 512-entry LTM searched with one query took 630 us on the int8 path
+# and 390 us dequantised (one thread, loaded machine). Smaller memories take the dequantise path;
+# both are exact.
+_INT8_MIN_KEYS = 16384
 
 
 def retrieval_backends(device: torch.device | str = "cpu") -> list[str]:
@@ -166,6 +198,36 @@ def _topk_blocked(queries: Tensor, key_block, m: int, k: int, mask: Tensor | Non
     return best_val, best_idx
 
 
+def _numba_cpu(queries: Tensor) -> bool:
+    return queries.device.type == "cpu" and topk_cpu.numba_available()
+
+
+def _valid_u8(mask: Tensor | None, b: int):
+    """(m,) uint8 numpy view of one sequence's mask, or a dummy when there is none."""
+    return np.ones(1, np.uint8) if mask is None else mask[b].to(torch.uint8).contiguous().numpy()
+
+
+def _topk_blocked_numba(queries: Tensor, key_block, m: int, k: int, mask: Tensor | None, block: int):
+    """fp32 blocked path: matmul per key block (BLAS, caller's threads) + numba selection.
+
+    queries (b, q, d) float32; ``key_block(bi, s, e)`` returns sequence ``bi``'s float32
+    keys (e - s, d) -> (b, q, k) scores, indices.
+    """
+    b, q, _ = queries.shape
+    best_val = np.full((b, q, k), -np.inf, np.float32)
+    best_idx = np.full((b, q, k), -1, np.int64)
+    buf = queries.new_empty(min(block, m), q)  # (block, q): one row of q scores per key
+    buf_np = buf.numpy()
+    for bi in range(b):
+        qt = queries[bi].t()  # (d, q)
+        valid = _valid_u8(mask, bi)
+        for s in range(0, m, block):
+            e = min(s + block, m)
+            torch.mm(key_block(bi, s, e), qt, out=buf[: e - s])  # (e - s, q)
+            topk_cpu.select_block(buf_np[: e - s], s, valid, mask is not None, best_val[bi], best_idx[bi])
+    return torch.from_numpy(best_val), torch.from_numpy(best_idx)
+
+
 def topk_similarity(
     queries: Tensor, keys: Tensor, k: int, mask: Tensor | None = None, backend: str = "auto"
 ) -> tuple[Tensor, Tensor]:
@@ -190,7 +252,10 @@ def topk_similarity(
         from .retrieval_triton import triton_topk
 
         return _finish(*triton_topk(queries, keys, k, mask), squeeze)
-    queries, keys = queries.float(), keys.float()
+    queries, keys = queries.detach().float().contiguous(), keys.detach().float()
+    if _numba_cpu(queries):
+        m = keys.shape[1]
+        return _finish(*_topk_blocked_numba(queries, lambda bi, s, e: keys[bi, s:e], m, k, mask, _BLOCK), squeeze)
     return _finish(*_topk_blocked(queries, lambda s, e: keys[:, s:e], keys.shape[1], k, mask, _BLOCK), squeeze)
 
 
@@ -210,11 +275,59 @@ def topk_similarity_int8_ref(queries: Tensor, codes: Tensor, scales: Tensor, k: 
     return topk_similarity_ref(queries, dequantize_int8(codes, scales), k, mask)
 
 
+def _topk_int8_numba(queries: Tensor, codes: Tensor, scales: Tensor, k: int, mask: Tensor | None):
+    """int8 path: int32 screening + exact rescoring (:func:`ahm.kernels.topk_cpu.int8_topk`), per sequence."""
+    torch_threads = torch.get_num_threads()
+    n_chunks = 4 * topk_cpu.set_threads(torch_threads)  # a few chunks per thread: load balance
+    try:
+        vals, idxs = _int8_sequences(queries, codes, scales, k, mask, n_chunks)
+    finally:
+        if torch.get_num_threads() != torch_threads:  # numba's OpenMP layer resets the shared setting
+            torch.set_num_threads(torch_threads)
+    return vals, idxs
+
+
+def _int8_sequences(queries: Tensor, codes: Tensor, scales: Tensor, k: int, mask: Tensor | None, n_chunks: int):
+    vals, idxs = [], []
+    for bi in range(queries.shape[0]):
+        qcodes, qscales, qerr = topk_cpu.quantize_queries(queries[bi])
+        v, ix, _ = topk_cpu.int8_topk(
+            queries[bi].numpy(), qcodes, qscales, qerr, codes[bi].contiguous().numpy(),
+            scales[bi].float().contiguous().numpy(), _valid_u8(mask, bi), mask is not None, k, n_chunks,
+        )
+        v, ix = topk_cpu.merge_chunks(torch.from_numpy(v), torch.from_numpy(ix), k)  # (q, k)
+        vals.append(v.float())
+        idxs.append(ix)
+    return torch.stack(vals), torch.stack(idxs)
+
+
 def topk_similarity_int8(
-    queries: Tensor, codes: Tensor, scales: Tensor, k: int, mask: Tensor | None = None, backend: str = "auto"
+    queries: Tensor,
+    codes: Tensor,
+    scales: Tensor,
+    k: int,
+    mask: Tensor | None = None,
+    backend: str = "auto",
+    arithmetic: str = "int8",
 ) -> tuple[Tensor, Tensor]:
-    """:func:`topk_similarity` over int8 keys ``scales * codes`` (see :func:`quantize_int8`)."""
+    """:func:`topk_similarity` over int8 keys ``scales * codes`` (see :func:`quantize_int8`).
+
+    Args:
+        queries: (b, q, d) or (q, d) float.
+        codes: (b, m, d) / (m, d) int8; scales: (b, m) / (m,) float32.
+        k, mask, backend: as in :func:`topk_similarity`.
+        arithmetic: how the CPU ``blocked`` backend scores keys: ``"int8"`` (int8 x int8
+            -> int32 bounds, exact rescoring of the few keys that can enter; needs numba,
+            and memories of at least ``_INT8_MIN_KEYS`` keys: smaller ones are dequantised)
+            or ``"float"`` (dequantise each block, fp32 matmul). Both return the
+            reference's result; other backends ignore it.
+
+    Returns:
+        scores (b, q, k) float32 and indices (b, q, k) int64, as :func:`topk_similarity`.
+    """
     _check_int8(codes, scales)
+    if arithmetic not in ("int8", "float"):
+        raise ValueError(f"topk_similarity_int8: arithmetic must be 'int8' or 'float', got {arithmetic!r}")
     name = _resolve(backend, queries.device, "topk_similarity_int8")
     if name == "ref":
         return topk_similarity_int8_ref(queries, codes, scales, k, mask)
@@ -224,9 +337,18 @@ def topk_similarity_int8(
         from .retrieval_triton import triton_topk
 
         return _finish(*triton_topk(queries, codes_b, k, mask, scales=scales_b), squeeze)
-    queries = queries.float()
+    queries = queries.detach().float().contiguous()
+    m = codes_b.shape[1]
+    if _numba_cpu(queries):
+        if arithmetic == "int8" and queries.shape[-1] <= _INT8_MAX_DIM and m >= _INT8_MIN_KEYS:
+            return _finish(*_topk_int8_numba(queries, codes_b, scales_b, k, mask), squeeze)
+
+        def block_b(bi: int, s: int, e: int) -> Tensor:
+            return dequantize_int8(codes_b[bi, s:e], scales_b[bi, s:e])
+
+        return _finish(*_topk_blocked_numba(queries, block_b, m, k, mask, _BLOCK), squeeze)
 
     def block(s: int, e: int) -> Tensor:
         return dequantize_int8(codes_b[:, s:e], scales_b[:, s:e])
 
-    return _finish(*_topk_blocked(queries, block, codes_b.shape[1], k, mask, _BLOCK), squeeze)
+    return _finish(*_topk_blocked(queries, block, m, k, mask, _BLOCK), squeeze)
