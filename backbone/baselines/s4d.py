@@ -104,10 +104,14 @@ class S4DState(NamedTuple):
 def vandermonde(dtA: Tensor, length: int) -> Tensor:
     """dA^k = exp(k dtA) for k < length: dtA (H, M) complex -> (H, M, length).
 
-    Computed from the exponent, not by repeated products, so it stays accurate for long chunks.
+    Computed from the exponent, not by repeated products, so it stays accurate for long chunks, and
+    as ``exp(re) (cos(im) + i sin(im))`` in real arithmetic: PyTorch's complex ``exp`` is not
+    vectorised on CPU (6x slower here, and most of a streamed chunk's time).
     """
     steps = torch.arange(length, device=dtA.device, dtype=dtA.real.dtype)
-    return torch.exp(dtA[..., None] * steps)
+    angle = dtA.imag[..., None] * steps
+    magnitude = torch.exp(dtA.real[..., None] * steps)
+    return torch.complex(magnitude * torch.cos(angle), magnitude * torch.sin(angle))
 
 
 def s4d_recurrence_ref(u: Tensor, state: Tensor, dA: Tensor, dB: Tensor, C: Tensor, D: Tensor) -> tuple[Tensor, Tensor]:
