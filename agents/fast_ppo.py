@@ -51,7 +51,7 @@ from ahm.agents.evaluation import prepare_features
 from ahm.agents.policies import FORGET_COMPONENTS, set_noop_bias
 from ahm.agents.sb3_controllers import TorchPolicyController
 from ahm.backbone.errors import NonFiniteError
-from ahm.envs.spaces import OBSERVATION_KEYS, ActionLayout
+from ahm.envs.spaces import ActionLayout, observation_keys
 from ahm.envs.vector_env import AHMMemoryVectorEnv
 
 __all__ = ["FastPPOConfig", "ActorCritic", "FastPPO", "credit_rewards", "MaskedMultiCategorical"]
@@ -244,7 +244,7 @@ class FastPPO:
         if self.env.num_envs != c.num_envs:
             raise ValueError(f"the env has {self.env.num_envs} sub-envs, the config {c.num_envs}")
         space = self.env.single_observation_space
-        widths = {k: int(np.prod(space[k].shape)) for k in OBSERVATION_KEYS}
+        widths = {k: int(np.prod(space[k].shape)) for k in observation_keys(space)}
         self.layout = ActionLayout.from_nvec(self.env.single_action_space.nvec)
         if policy is None:
             policy = ActorCritic(widths, self.layout.nvec.tolist(), c.net_arch)

@@ -153,6 +153,13 @@ class AHMConfig:
     100K tokens under the oracle (most facts in the LTM by then), 0.893 once its LTM columns were set to the WM's
     (README, "Default checkpoints")."""
 
+    keep_head: bool = False
+    """A head on the backbone that predicts, at each chunk boundary, whether the chunk's entry will be needed
+    later (the hindsight label: a later query asks for the fact that ends in the chunk); controllers see its
+    probability as the observation ``keep_score``. Trained in the supervised phase (``--keep-weight``, the
+    gradient reaching the backbone, so the backbone learns to carry what tells a needed chunk apart). Checkpoints
+    saved before it existed load without it (False)."""
+
     def __post_init__(self) -> None:
         for name in ("chunk_size", "wm_slots", "ltm_capacity", "key_dim", "ltm_read_k", "obs_topk"):
             value = getattr(self, name)
@@ -214,6 +221,8 @@ class BoundaryFeatures(NamedTuple):
     """(b, dv): the write candidate's value."""
     query: Tensor
     """(b, dk) unit vectors: the retrieval query."""
+    keep_logit: Tensor | None = None
+    """(b,) the keep head's logit (``AHMConfig.keep_head``; carries the graph), else None."""
 
 
 class ChunkFeatures(NamedTuple):
@@ -307,6 +316,8 @@ class AHMModel(nn.Module):
         self.key_codec = make_codec(config.ltm_codec, dk, config.codec_options)
         self.value_codec = make_codec(config.ltm_codec, dv, config.codec_options)
         self.integration = make_integration(config.integration, dv, d, config.level_readout)
+        if config.keep_head:  # P(this chunk's entry is needed later), from the boundary's hidden state
+            self.keep_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, 1))
 
     def with_level_readout(self, level_readout: str) -> AHMModel:
         """This model with its integration reading the levels as ``level_readout`` (a new model; self unchanged).
@@ -328,6 +339,17 @@ class AHMModel(nn.Module):
             w = weights[name]
             weights[name] = w[:, :dv].clone() if level_readout == "shared" else torch.cat([w, w], dim=1)
         model.load_state_dict(weights)
+        model.requires_grad_(any(p.requires_grad for p in self.parameters()))
+        return model.to(self.lm_head.weight.device).train(self.training)
+
+    def with_keep_head(self) -> AHMModel:
+        """This model with a keep head (``AHMConfig.keep_head``), freshly initialised from torch's generator, and
+        every other weight copied (a new model; self unchanged). A model that has one is returned as it is."""
+        if self.config.keep_head:
+            return self
+        model = AHMModel(replace(self.config, keep_head=True))
+        missing, unexpected = model.load_state_dict(self.state_dict(), strict=False)
+        assert not unexpected and all(name.startswith("keep_head.") for name in missing), (missing, unexpected)
         model.requires_grad_(any(p.requires_grad for p in self.parameters()))
         return model.to(self.lm_head.weight.device).train(self.training)
 
@@ -382,11 +404,13 @@ class AHMModel(nn.Module):
             pooled_key = self._pool(hidden, self.key_attention, self.key_recency, self.write_position[1])
         else:
             pooled_value = pooled_key = self._pool(hidden, self.write_attention, self.write_recency, None)
+        keep = self.keep_head(last_hidden).squeeze(-1).float() if self.config.keep_head else None
         return BoundaryFeatures(
             features,
             F.normalize(self.key_proj(pooled_key), dim=-1),
             self.value_proj(pooled_value),
             F.normalize(self.query_proj(last_hidden), dim=-1),
+            keep,
         )
 
     @staticmethod
@@ -429,6 +453,7 @@ class AHMModel(nn.Module):
             ltm_fill=t(o.ltm_count.astype(np.float32) / np.float32(memory.ltm.capacity)),
             ltm_topk_similarity=t(np.where(np.isinf(scores), np.float32(0.0), scores)),
             ltm_key_similarity=t(np.where(np.isinf(o.key_score), np.float32(0.0), o.key_score)),
+            keep_score=_keep_score(boundary),
         )
         return obs, LTMHits(t(o.hit_scores[:, None, :]), t(o.hit_indices[:, None, :]))
 
@@ -450,6 +475,7 @@ class AHMModel(nn.Module):
             ltm_fill=memory.ltm.fill(),
             ltm_topk_similarity=zero_inf(hits.scores[:, 0, : c.obs_topk]),
             ltm_key_similarity=zero_inf(memory.search_ltm(key, 1).scores[:, 0, 0]),
+            keep_score=_keep_score(boundary),
         )
         return obs, hits
 
@@ -522,3 +548,8 @@ class AHMModel(nn.Module):
         """
         return (self.key_codec.reconstruction_loss(boundary.key.detach())
                 + self.value_codec.reconstruction_loss(boundary.value.detach()))
+
+
+def _keep_score(boundary: BoundaryFeatures) -> Tensor | None:
+    """The keep head's probability (b,), detached, or None without a head."""
+    return None if boundary.keep_logit is None else torch.sigmoid(boundary.keep_logit.detach().float())

@@ -85,6 +85,9 @@ class MemoryObservation(NamedTuple):
     decoded key, or the hash codec's cosine estimate), best first; 0 where fewer entries exist."""
     ltm_key_similarity: Tensor
     """(b,): the top-1 LTM similarity to this chunk's key (the entry ``ltm_forget=3`` would forget); 0 if empty."""
+    keep_score: Tensor | None = None
+    """(b,) in [0, 1]: the backbone's keep head's prediction that this chunk's entry will be needed later
+    (``AHMConfig.keep_head``); None for a backbone without the head."""
 
 
 class OpMasks(NamedTuple):

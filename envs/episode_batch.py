@@ -120,17 +120,24 @@ class EpisodeFeatures(NamedTuple):
     """(..., dk) unit vectors: the retrieval query."""
     last_hidden: Tensor
     """(..., D): the final-norm hidden state at the chunk's last token, the readout's input."""
+    keep: Tensor
+    """(..., 1): the keep head's probability that the chunk's entry is needed later (``AHMConfig.keep_head``);
+    0 for a backbone without the head (then no observation shows it)."""
 
     @classmethod
     def of_chunk(cls, features: ChunkFeatures) -> EpisodeFeatures:
         """The (b, width) features of one chunk of b sequences, from the backbone's output."""
         b = features.boundary
+        keep = (b.ssm_features.new_zeros(b.ssm_features.shape[0]) if b.keep_logit is None
+                else torch.sigmoid(b.keep_logit.float()))
         return cls(b.ssm_features.float(), b.key.float(), b.value.float(), b.query.float(),
-                   features.hidden[:, -1].float())
+                   features.hidden[:, -1].float(), keep[:, None])
 
-    def boundary(self) -> BoundaryFeatures:
-        """The four fields the memory step reads, as the backbone's :class:`~ahm.backbone.BoundaryFeatures`."""
-        return BoundaryFeatures(self.ssm_features, self.key, self.value, self.query)
+    def boundary(self, keep_head: bool = False) -> BoundaryFeatures:
+        """The fields the memory step reads, as the backbone's :class:`~ahm.backbone.BoundaryFeatures` (with the
+        keep head's logit where the backbone has the head)."""
+        keep = torch.logit(self.keep[..., 0].double()).float() if keep_head else None
+        return BoundaryFeatures(self.ssm_features, self.key, self.value, self.query, keep)
 
     def map(self, fn: Callable[[Any], Any]) -> EpisodeFeatures:
         """The features with ``fn`` applied to every field (an index, a copy, a conversion)."""
@@ -193,7 +200,8 @@ class EpisodeBatch:
         self.layout = ActionLayout(k)
         """The action layout (:class:`~ahm.envs.spaces.ActionLayout`) for K = ``wm_slots``."""
         self.nvec = self.layout.nvec
-        self.observation_space = observation_space(self.feature_dim, k, mc.obs_topk)
+        self.keep_head = mc.keep_head
+        self.observation_space = observation_space(self.feature_dim, k, mc.obs_topk, keep_score=mc.keep_head)
         self._inv_temperature = model.log_inv_temperature.detach().exp()
         self._read_k = mc.ltm_read_k
         self._cache: OrderedDict[int, _Episode] = OrderedDict()
@@ -209,7 +217,7 @@ class EpisodeBatch:
         self._last_chunk = np.zeros(b, dtype=np.int64)
         leading = (b, n) if self.integration == "readout" else (b,)  # state: the current chunk's only
         self._features = EpisodeFeatures(*(torch.zeros(*leading, w, device=self.device)
-                                           for w in (self.feature_dim, dk, dv, dk, d)))
+                                           for w in (self.feature_dim, dk, dv, dk, d, 1)))
         if self.integration == "state":
             self._backbone_state = model.backbone.init_state(b, self.device)
         self._features_np: EpisodeFeatures | None = None
@@ -410,14 +418,14 @@ class EpisodeBatch:
         self.masks = o.masks
         self._wm_occupied = o.wm_occupied
         self.observation = fast_observation_arrays(o, now.ssm_features, self.t, self.n_chunks, path.capacity,
-                                                   c.obs_topk)
+                                                   c.obs_topk, now.keep if self.keep_head else None)
         return self.observation
 
     @torch.no_grad()
     def _observe_ref(self) -> dict[str, np.ndarray]:
         """The reference of :meth:`observe`: ``AHMModel.observe`` and ``observation_arrays`` in torch."""
         self._now = self._current()
-        obs, hits = self.model.observe(self._now.boundary(), self.memory, fast=False)
+        obs, hits = self.model.observe(self._now.boundary(self.keep_head), self.memory, fast=False)
         self._hits = hits.indices[:, 0, : self._read_k]
         self.masks = self.layout.join_masks(self.memory.op_masks()).cpu().numpy()
         self._wm_occupied = obs.wm_occupied.cpu().numpy() > 0.5

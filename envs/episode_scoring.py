@@ -48,6 +48,18 @@ class Annotations(NamedTuple):
     last_chunk: int
     """The chunk after whose step the episode terminates (``stream.last_query_chunk``)."""
 
+    def keep_labels(self) -> np.ndarray:
+        """(n,) float32 hindsight labels of the backbone's keep head: 1 where chunk t's entry is needed later
+        (a fact ends at t and a later query asks for it: a target, not a decoy, a stale assignment or filler),
+        else 0. Known only after the episode (privileged, like Belady's future accesses): they train the head in
+        the supervised phase and never reach an observation."""
+        return (self.fact_query_chunk > np.arange(len(self.fact_query_chunk))).astype(np.float32)
+
+    def reuse_distance(self) -> np.ndarray:
+        """(n,) int64: chunks from t to the first query that asks for the fact ending at t; -1 where none."""
+        n = len(self.fact_query_chunk)
+        return np.where(self.keep_labels() > 0, self.fact_query_chunk - np.arange(n), -1)
+
     @classmethod
     def of_stream(cls, stream: TaskStream) -> Annotations:
         """The annotations of ``stream``'s n chunks (its facts and queries; text: the next token at each boundary)."""

@@ -117,8 +117,10 @@ class AHMMemoryEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     | ``ltm_topk_similarity`` | (k,) | [-1, 1] | top-k LTM similarities to the query, clipped (0 if fewer entries) |
     | ``ltm_key_similarity`` | (1,) | [-1, 1] | top-1 LTM similarity to this chunk's key (0 if the LTM is empty) |
     | ``progress`` | (1,) | [0, 1] | (t + 1) / n_chunks |
+    | ``keep_score`` | (1,) | [0, 1] | the keep head's P(a later query needs this chunk); only if the backbone has one |
 
-    Ground truth (where facts are, what is asked, answers) never enters it.
+    Ground truth (where facts are, what is asked, answers) never enters it: the keep head was trained on
+    hindsight labels, but what it outputs is computed from the tokens read so far.
 
     ## Action Space
 

@@ -22,7 +22,8 @@ component  values          :class:`~ahm.backbone.memory_ops.MemoryOps` field
 
 **Observations.** A Dict of float32 Boxes, :data:`OBSERVATION_KEYS` in order
 (:func:`observation_space`), computed from a
-:class:`~ahm.backbone.memory_ops.MemoryObservation` by :func:`observation_arrays`.
+:class:`~ahm.backbone.memory_ops.MemoryObservation` by :func:`observation_arrays`; and
+:data:`KEEP_SCORE` where the backbone has a keep head (:func:`observation_keys`).
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ from ahm.backbone.memory_ops import RETRIEVE_BOTH, RETRIEVE_LTM, RETRIEVE_WM, Me
 if TYPE_CHECKING:
     from ahm.backbone.memory_fast import FastObservation
 
-__all__ = ["ACTION_COMPONENTS", "OBSERVATION_KEYS", "ActionLayout", "CheckedActions", "MemoryOpsSpace",
+__all__ = ["ACTION_COMPONENTS", "OBSERVATION_KEYS", "KEEP_SCORE", "observation_keys", "ActionLayout", "CheckedActions",
+           "MemoryOpsSpace",
            "action_nvec", "observation_space", "observation_arrays", "fast_observation_arrays"]
 
 ACTION_COMPONENTS = ("write_slot", "evict_to_ltm", "retrieve", "forget_slot", "ltm_forget")
@@ -49,7 +51,17 @@ ACTION_COMPONENTS = ("write_slot", "evict_to_ltm", "retrieve", "forget_slot", "l
 
 OBSERVATION_KEYS = ("ssm_features", "wm_occupied", "wm_age", "wm_uses", "wm_similarity", "wm_key_similarity",
                     "ltm_fill", "ltm_topk_similarity", "ltm_key_similarity", "progress")
-"""The keys of an observation, in the order of the Dict space."""
+"""The keys of every observation, in the order of the Dict space."""
+
+KEEP_SCORE = "keep_score"
+"""The key of the backbone's keep head's prediction (in [0, 1]: this chunk's entry will be needed later), in the
+observation only where the backbone has the head (``AHMConfig.keep_head``)."""
+
+
+def observation_keys(space: spaces.Dict) -> tuple[str, ...]:
+    """The keys of an observation space, in a fixed order: :data:`OBSERVATION_KEYS`, then :data:`KEEP_SCORE` where
+    the space has it."""
+    return OBSERVATION_KEYS + ((KEEP_SCORE,) if KEEP_SCORE in space.spaces else ())
 
 _FIXED_VALUES = 2 + 4 + 4
 """Values of the three components whose size does not depend on K (evict_to_ltm, retrieve, ltm_forget)."""
@@ -284,13 +296,16 @@ class MemoryOpsSpace(spaces.MultiDiscrete):
         return x
 
 
-def observation_space(feature_dim: int, wm_slots: int, obs_topk: int) -> spaces.Dict:
-    """The Dict observation space: F = ``feature_dim`` state features, K = ``wm_slots``, ``obs_topk`` LTM scores.
+def observation_space(feature_dim: int, wm_slots: int, obs_topk: int, keep_score: bool = False) -> spaces.Dict:
+    """The Dict observation space: F = ``feature_dim`` state features, K = ``wm_slots``, ``obs_topk`` LTM scores,
+    and ``keep_score`` (the backbone's keep head's prediction) where the backbone has that head.
 
     Every value lies in its Box (:func:`observation_arrays` squashes or clips it there).
     """
     k = wm_slots
+    keep = {KEEP_SCORE: spaces.Box(0.0, 1.0, (1,), np.float32)} if keep_score else {}
     return spaces.Dict({
+        **keep,
         "ssm_features": spaces.Box(-1.0, 1.0, (feature_dim,), np.float32),
         "wm_occupied": spaces.Box(0.0, 1.0, (k,), np.float32),
         "wm_age": spaces.Box(0.0, 1.0, (k,), np.float32),
@@ -310,7 +325,9 @@ def observation_arrays(obs: MemoryObservation, chunk: np.ndarray, n_chunks: int)
     controller sees outside the env (``ahm.training`` drives controllers on text streams with it)."""
     n = np.float32(n_chunks)
     uses = obs.wm_uses.cpu().numpy()
+    keep = {} if obs.keep_score is None else {KEEP_SCORE: obs.keep_score.cpu().numpy()[:, None]}
     return {
+        **keep,
         "ssm_features": np.tanh(obs.ssm_features.cpu().numpy()),
         "wm_occupied": obs.wm_occupied.cpu().numpy(),
         "wm_age": np.minimum(obs.wm_age.cpu().numpy() / n, np.float32(1.0)),
@@ -325,14 +342,18 @@ def observation_arrays(obs: MemoryObservation, chunk: np.ndarray, n_chunks: int)
 
 
 def fast_observation_arrays(obs: FastObservation, ssm_features: np.ndarray, chunk: np.ndarray, n_chunks: int,
-                            ltm_capacity: int, obs_topk: int) -> dict[str, np.ndarray]:
+                            ltm_capacity: int, obs_topk: int,
+                            keep_score: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """:func:`observation_arrays` of the compiled fast path's :class:`~ahm.backbone.memory_fast.FastObservation`
     (numpy in, numpy out; no torch op): ``ssm_features`` (b, F) before ``tanh``, ``chunk`` (b,), ``obs_topk`` of the
-    LTM hits shown. ``tests/test_memory_fast.py`` holds the two together."""
+    LTM hits shown, ``keep_score`` (b, 1) where the backbone has a keep head. ``tests/test_memory_fast.py`` holds
+    the two together."""
     n, one = np.float32(n_chunks), np.float32(1.0)
     uses = obs.wm_uses.astype(np.float32)
     topk = obs.hit_scores[:, :obs_topk]
+    keep = {} if keep_score is None else {KEEP_SCORE: keep_score.astype(np.float32)}
     return {
+        **keep,
         "ssm_features": np.tanh(ssm_features),
         "wm_occupied": obs.wm_occupied.astype(np.float32),
         "wm_age": np.minimum(obs.wm_age.astype(np.float32) / n, one),

@@ -210,6 +210,8 @@ def test_a_controller_json_with_a_bad_field_is_refused_naming_the_field(edit, na
     (["--seq-len", "10G", "--window", "128"], "--seq-len"),
     (["--source", "tasks", "--lengths", "512", "--task-kwargs", "bogus=1"], "bogus"),
     (["--corpus", "hf:{tmp}"], "ahm-ssm[hf]"),
+    (["--keep-weight", "1"], "--keep-weight"),  # text has no hindsight labels
+    (["--keep-weight", "-1", "--source", "tasks", "--lengths", "512"], "--keep-weight"),
 ])
 def test_bad_training_options_end_in_a_sentence_naming_the_option_before_anything_is_written(argv, named, corpus,
                                                                                              tmp_path, capsys):

@@ -91,6 +91,7 @@ def test_imitation_only_saves_the_cloned_policy_as_the_controller(tmp_path):
     (["--algo", "dqn"], "--algo must be one of"),
     (["--train-streams", "1G"], "--train-streams 1,073,741,824"),
     (["--seq-len", "10G"], "--seq-len 10,737,418,240"),
+    (["--keep-weight", "1", "--lm-steps", "0"], "--keep-weight"),
 ])
 def test_bad_config_stops_with_a_message(tmp_path, args, message):
     r = subprocess.run([sys.executable, str(REPO / "train_rl.py"), "--out-dir", str(tmp_path / "run"), *args],
@@ -179,3 +180,18 @@ def test_sigkill_in_either_phase_then_resume_gives_identical_weights(tmp_path, p
         for k in a:
             assert a[k].equal(b[k]), f"killed in the {phase} phase: {rd}/{k} differs after the resume"
     assert not list(killed.rglob("*.tmp"))
+
+
+def test_keep_weight_trains_a_keep_head_that_every_round_s_controller_observes(tmp_path):
+    """--keep-weight: the backbone of every round has a keep head, trained (it moved from its initialisation), and
+    the controller, created in round 0 and continued in round 1, observes 'keep_score'."""
+    run_alternation(TrainRLConfig(**{**FAST, "env_id": "AHMMemory-Decoy-v0", "lm_lengths": "1024"},
+                                  keep_weight=1.0, out_dir=str(tmp_path)), log=lambda s: None)
+    heads = []
+    for r in (0, 1):
+        model, _ = load_ahm_checkpoint(tmp_path / f"round_{r}" / "backbone")
+        assert model.config.keep_head
+        heads.append({k: v.clone() for k, v in model.keep_head.state_dict().items()})
+        meta = json.loads((tmp_path / f"round_{r}" / "controller" / "controller.json").read_text())
+        assert "keep_score" in meta["observation_keys"]
+    assert any(not heads[0][k].equal(heads[1][k]) for k in heads[0])  # round 1's backbone phase trained it

@@ -94,6 +94,10 @@ class TrainRLConfig:
     """Sequence lengths of the backbone phase (mixed), comma-separated (K = 1024)."""
     lm_lr: float = 1e-3
     """Peak learning rate of each backbone phase."""
+    keep_weight: float = 0.0
+    """> 0: each backbone phase also trains a keep head on the backbone (hindsight labels: 1 where a later query asks
+    for the fact ending in the chunk; train_lm.py --keep-weight), and every controller observes its prediction as
+    'keep_score' from round 0 on. 0: no head (the observation of the starting backbone)."""
     algo: str = "fast_ppo"
     """RL algorithm: fast_ppo (ahm.agents.fast_ppo: batched PPO over the native vector env, masked, with the
     hindsight write credit), or Stable-Baselines3's ppo, a2c, recurrent_ppo, maskable_ppo."""
@@ -183,6 +187,9 @@ class TrainRLConfig:
         bad_dagger = not isinstance(self.dagger_rounds, int) or self.dagger_rounds < 0
         if bad_dagger or (self.dagger_rounds and not self.imitate):
             raise ValueError(f"--dagger-rounds must be an int >= 0 and needs --imitate, got {self.dagger_rounds!r}")
+        if not self.keep_weight >= 0 or (self.keep_weight > 0 and self.lm_steps < 1):
+            raise ValueError(f"--keep-weight must be >= 0, and > 0 needs --lm-steps >= 1 (the backbone phase trains "
+                             f"the head), got --keep-weight {self.keep_weight!r} --lm-steps {self.lm_steps!r}")
         # Sequence fields: typed tuples (a comma-separated str or a list, as earlier versions took, is converted).
         try:
             self.net_arch = int_tuple(self.net_arch, "net-arch")
@@ -260,7 +267,7 @@ def _lm_config(rl: TrainRLConfig, round_dir: Path, model: AHMModel | None) -> Tr
                          controller=rl.teacher, window=max(rl.lm_lengths),
                          wm_slots=rl.wm_slots, lr=rl.lm_lr, lm_weight=0.2, max_steps=max(rl.lm_steps, 1),
                          seed=rl.seed, threads=rl.threads, out_dir=str(round_dir / "lm"), checkpoint_every=10**9,
-                         progress=rl.progress, **shape)
+                         progress=rl.progress, keep_weight=rl.keep_weight, **shape)
 
 
 def _policy_kwargs(cfg: TrainRLConfig) -> dict[str, Any]:
@@ -327,6 +334,8 @@ def run_alternation(cfg: TrainRLConfig, log: Callable[[str], None] = print) -> d
         log(f"resumed after round {done - 1} from {out}")
     else:
         model = _initial_backbone(cfg)
+        if model is not None and cfg.keep_weight > 0:  # the head exists before the first controller sees anything
+            model = model.with_keep_head()
     timings: list[dict[str, float]] = []
     for r in range(first_round, cfg.rounds):
         round_dir = out / f"round_{r}"

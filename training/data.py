@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ahm.envs.episode_scoring import Annotations
 from ahm.envs.streams import TASKS, make_task
 from ahm.envs.text_corpus import ByteCorpus, load_corpus
 
@@ -37,6 +38,10 @@ class SequenceBatch(NamedTuple):
     """Task streams: the seed of each row's stream (empty for text)."""
     answer_targets: np.ndarray | None
     """(b, n) int64: per chunk, the token the answer at that boundary must be (-1 none); None for text."""
+    keep_targets: np.ndarray | None = None
+    """(b, n) float32: per chunk, the keep head's hindsight label
+    (:meth:`ahm.envs.episode_scoring.Annotations.keep_labels`: 1 where a later query asks for the fact ending
+    there); None for text."""
 
 
 class TextSource:
@@ -128,4 +133,5 @@ class TaskSource:
         for row, stream in enumerate(streams):
             for q in stream.queries:
                 targets[row, q.chunk] = q.answer[0]
-        return SequenceBatch(tokens, task, seeds, targets)
+        keep = np.stack([Annotations.of_stream(stream).keep_labels() for stream in streams])
+        return SequenceBatch(tokens, task, seeds, targets, keep)

@@ -6,6 +6,12 @@ deciding the memory operations. The loss is
 
     lm_weight * (mean next-token cross-entropy over the window's tokens)
     + answer_weight * (mean cross-entropy of the answers at query boundaries)
+    + keep_weight * (balanced binary cross-entropy of the keep head at every boundary)
+
+The keep term trains the backbone's keep head (``AHMConfig.keep_head``) against the
+hindsight labels (1 where a later query asks for the fact that ends in the chunk):
+positives and negatives weigh half each, since needed chunks are rare in long
+streams; the head's output is then a ranking score, not a calibrated probability.
 
 where an answer is scored exactly as the environment scores it: the next-token logits
 at the boundary of the query's chunk from its last hidden state plus the memory
@@ -26,7 +32,7 @@ from torch import Tensor, nn
 
 from ahm.backbone import AHMModel, AHMState, MemoryPolicy
 
-__all__ = ["WindowOutput", "WindowLoss"]
+__all__ = ["WindowOutput", "WindowLoss", "balanced_bce"]
 
 
 class WindowOutput(NamedTuple):
@@ -44,32 +50,39 @@ class WindowOutput(NamedTuple):
     """() int64: answers whose argmax is the target."""
     ops: Tensor
     """(5,) operation counts: writes, moves to LTM, WM retrievals, LTM retrievals, forgets."""
+    keep_loss: Tensor = torch.zeros(())
+    """() the keep head's balanced cross-entropy (nats), detached; 0 without keep targets."""
 
 
 class WindowLoss(nn.Module):
     """The loss of one TBPTT window as a module (so DistributedDataParallel can wrap it)."""
 
-    def __init__(self, model: AHMModel, lm_weight: float, answer_weight: float) -> None:
+    def __init__(self, model: AHMModel, lm_weight: float, answer_weight: float, keep_weight: float = 0.0) -> None:
         super().__init__()
         self.model, self.lm_weight, self.answer_weight = model, lm_weight, answer_weight
+        self.keep_weight = keep_weight
+        if keep_weight > 0 and not model.config.keep_head:
+            raise ValueError("WindowLoss: keep_weight > 0 needs a model with a keep head (AHMConfig.keep_head)")
 
     def forward(self, tokens: Tensor, next_token: Tensor, state: AHMState, controllers: Sequence[MemoryPolicy],
-                answer_targets: Tensor | None) -> tuple[WindowOutput, AHMState]:
+                answer_targets: Tensor | None, keep_targets: Tensor | None = None) -> tuple[WindowOutput, AHMState]:
         """tokens (b, W), next_token (b,) the token after the window (-1: none), one controller per chunk,
-        answer_targets (b, W / C) or None -> the losses and the state after the window."""
+        answer_targets (b, W / C) or None, keep_targets (b, W / C) hindsight labels or None -> the losses and the
+        state after the window."""
         model, c = self.model, self.model.config.chunk_size
         lm_sum = tokens.new_zeros((), dtype=torch.float32)
         lm_count = 0
         ans_sum = lm_sum.clone()
         answers = correct = torch.zeros((), dtype=torch.int64)
         ops = torch.zeros(5, dtype=torch.int64)
+        keep_logits = []
         width = tokens.shape[1]
         for i, s in enumerate(range(0, width, c)):
             chunk = tokens[:, s : s + c]
             follow = tokens[:, s + c] if s + c < width else next_token
             if self.lm_weight > 0:
                 out = model.process_chunk(chunk, state, controllers[i])
-                state, hidden, o = out.state, out.features.hidden, out.ops
+                state, hidden, o, boundary = out.state, out.features.hidden, out.ops, out.features.boundary
                 logits = out.logits.float()
                 lm_sum = lm_sum + F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
                                                   chunk[:, 1:].reshape(-1), reduction="sum")
@@ -82,6 +95,9 @@ class WindowLoss(nn.Module):
                 features, backbone = model.chunk_features(chunk, state.backbone, model.input_offset(state.retrieved))
                 step = model.memory_step(features.boundary, state.memory, controllers[i])
                 state, hidden, o = AHMState(backbone, state.memory, step.retrieved), features.hidden, step.ops
+                boundary = features.boundary
+            if keep_targets is not None and self.keep_weight > 0:
+                keep_logits.append(boundary.keep_logit)
             if answer_targets is not None:
                 target = answer_targets[:, i]
                 scored = target >= 0
@@ -96,7 +112,21 @@ class WindowLoss(nn.Module):
         lm_loss = lm_sum / max(lm_count, 1)
         answer_loss = ans_sum / answers.clamp(min=1)
         loss = self.lm_weight * lm_loss + self.answer_weight * answer_loss
+        keep_loss = torch.zeros(())
+        if keep_logits:
+            keep_loss = balanced_bce(torch.stack(keep_logits, 1), keep_targets[:, : len(keep_logits)].float())
+            loss = loss + self.keep_weight * keep_loss
         if not loss.requires_grad:  # no term in this window (no answer, no LM loss): a zero that keeps the graph,
             loss = loss + 0.0 * sum(p.sum() for p in model.parameters())  # so backward (and DDP) still run
-        return WindowOutput(loss, lm_loss.detach(), answer_loss.detach(), answers, correct, ops), state
+        return WindowOutput(loss, lm_loss.detach(), answer_loss.detach(), answers, correct, ops,
+                            keep_loss.detach()), state
+
+
+def balanced_bce(logits: Tensor, labels: Tensor) -> Tensor:
+    """Binary cross-entropy with the positives' mean and the negatives' mean weighing half each (a class that is
+    absent contributes nothing): logits and labels of one shape, labels in {0, 1}."""
+    losses = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+    pos = labels > 0.5
+    terms = [losses[mask].mean() for mask in (pos, ~pos) if bool(mask.any())]
+    return torch.stack(terms).mean()
 
