@@ -278,11 +278,16 @@ def topk_similarity_int8_ref(queries: Tensor, codes: Tensor, scales: Tensor, k: 
 def _topk_int8_numba(queries: Tensor, codes: Tensor, scales: Tensor, k: int, mask: Tensor | None):
     """int8 path: int32 screening + exact rescoring (:func:`ahm.kernels.topk_cpu.int8_topk`), per sequence."""
     torch_threads = torch.get_num_threads()
+    numba_threads = topk_cpu.get_threads()
     n_chunks = 4 * topk_cpu.set_threads(torch_threads)  # a few chunks per thread: load balance
     try:
         vals, idxs = _int8_sequences(queries, codes, scales, k, mask, n_chunks)
     finally:
-        if torch.get_num_threads() != torch_threads:  # numba's OpenMP layer resets the shared setting
+        # Leave both counts as found: numba's is process-wide for the calling thread (the scan kernels read it:
+        # a count left at 1 here once made later training runs differ from a fresh process's), and numba's
+        # OpenMP layer shares one runtime with torch.
+        topk_cpu.set_threads(numba_threads)
+        if torch.get_num_threads() != torch_threads:
             torch.set_num_threads(torch_threads)
     return vals, idxs
 

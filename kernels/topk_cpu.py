@@ -57,7 +57,7 @@ except ImportError:  # pragma: no cover - exercised only without numba
 
     prange = range
 
-__all__ = ["numba_available", "select_block", "int8_topk", "merge_chunks", "set_threads"]
+__all__ = ["numba_available", "select_block", "int8_topk", "merge_chunks", "get_threads", "set_threads"]
 
 # Slack of the int8 screening bound, relative to |q| |key|: covers the float32
 # rounding of the dequantised keys (2^-24 per element, summed over d by Cauchy-
@@ -67,6 +67,11 @@ _REL_SLACK = 1e-6
 
 def numba_available() -> bool:
     return numba is not None
+
+
+def get_threads() -> int:
+    """numba's current thread count for parallel loops (1 without numba)."""
+    return 1 if numba is None else numba.get_num_threads()
 
 
 def set_threads(n: int) -> int:

@@ -176,6 +176,20 @@ def test_unbatched_int8_and_thread_count_is_kept():
         torch.set_num_threads(threads)
 
 
+def test_the_int8_kernel_leaves_numba_s_thread_count_as_it_found_it():
+    """numba's count is read by the scan kernels: a search that left it changed made later training differ."""
+    import numba
+
+    before, threads = numba.get_num_threads(), torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)  # the kernel runs on the caller's torch count: here, not numba's
+        codes, scales = quantize_int8(torch.randn(300, 16))
+        topk_similarity_int8(torch.randn(3, 16), codes, scales, 4)
+        assert numba.get_num_threads() == before
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_bad_arithmetic_raises():
     codes, scales = quantize_int8(torch.randn(5, 4))
     with pytest.raises(ValueError, match="arithmetic must be 'int8' or 'float'"):
