@@ -24,7 +24,8 @@ memory is O(q * block) whatever m is; ``triton`` (CUDA default; CPU under
 ``TRITON_INTERPRET=1``) computes per-tile candidates in one kernel
 (:mod:`ahm.kernels.retrieval_triton`).
 
-On CPU with numba installed, ``blocked`` is (:mod:`ahm.kernels.topk_cpu`):
+On CPU with numba installed, ``blocked`` over memories of at least ``_NUMBA_MIN_KEYS`` (16K)
+keys is (:mod:`ahm.kernels.topk_cpu`):
 
 * fp32: one BLAS matmul per key block into a reused (block, q) buffer, then a
   numba pass that compares each key's q scores with the queries' running k-th
@@ -35,7 +36,8 @@ On CPU with numba installed, ``blocked`` is (:mod:`ahm.kernels.topk_cpu`):
   key), so results are those of the dequantise-then-matmul definition.
   ``arithmetic="float"`` dequantises each block and uses the fp32 path instead.
 
-Without numba, ``blocked`` falls back to a torch-only loop (same results).
+Smaller memories, and any without numba, take a batched torch loop (same results): a
+Python loop over sequences costs more there than the kernels save.
 
 Exactness: the indices are those of the reference up to the float32 rounding
 of the dot products themselves (two keys whose scores differ by a few ulp may
@@ -73,11 +75,12 @@ _BLOCK = 65536
 # The int8 kernel keeps its dot products in int32: |qc . c| <= 127^2 d < 2^31.
 _INT8_MAX_DIM = (2**31 - 1) // 127**2
 
-# Below this many keys the int8 screen's fixed costs (quantising the queries, merging per-thread
-# lists) outweigh its savings: a 512-entry LTM searched with one query took 630 us on the int8 path
-# and 390 us dequantised (one thread, loaded machine). Smaller memories take the dequantise path;
-# both are exact.
-_INT8_MIN_KEYS = 16384
+# The numba paths work one sequence at a time; below this many keys per sequence their fixed costs
+# (a Python loop over the batch, numpy buffers, query quantisation, merging per-thread lists) outweigh
+# what they save. Measured, one thread: 64 memories of 512 keys, one query each, took 3.6 ms (fp32) and
+# 6.5 ms (int8) on the numba paths against 1.2 / 2.5 ms batched in torch; one memory of 64K keys 2.7 ms
+# against 5.4 ms. Smaller memories take the batched torch path (``_topk_blocked``); all are exact.
+_NUMBA_MIN_KEYS = 16384
 
 
 def retrieval_backends(device: torch.device | str = "cpu") -> list[str]:
@@ -253,8 +256,8 @@ def topk_similarity(
 
         return _finish(*triton_topk(queries, keys, k, mask), squeeze)
     queries, keys = queries.detach().float().contiguous(), keys.detach().float()
-    if _numba_cpu(queries):
-        m = keys.shape[1]
+    m = keys.shape[1]
+    if _numba_cpu(queries) and m >= _NUMBA_MIN_KEYS:
         return _finish(*_topk_blocked_numba(queries, lambda bi, s, e: keys[bi, s:e], m, k, mask, _BLOCK), squeeze)
     return _finish(*_topk_blocked(queries, lambda s, e: keys[:, s:e], keys.shape[1], k, mask, _BLOCK), squeeze)
 
@@ -323,7 +326,7 @@ def topk_similarity_int8(
         k, mask, backend: as in :func:`topk_similarity`.
         arithmetic: how the CPU ``blocked`` backend scores keys: ``"int8"`` (int8 x int8
             -> int32 bounds, exact rescoring of the few keys that can enter; needs numba,
-            and memories of at least ``_INT8_MIN_KEYS`` keys: smaller ones are dequantised)
+            and memories of at least ``_NUMBA_MIN_KEYS`` keys: smaller ones are dequantised)
             or ``"float"`` (dequantise each block, fp32 matmul). Both return the
             reference's result; other backends ignore it.
 
@@ -344,8 +347,8 @@ def topk_similarity_int8(
         return _finish(*triton_topk(queries, codes_b, k, mask, scales=scales_b), squeeze)
     queries = queries.detach().float().contiguous()
     m = codes_b.shape[1]
-    if _numba_cpu(queries):
-        if arithmetic == "int8" and queries.shape[-1] <= _INT8_MAX_DIM and m >= _INT8_MIN_KEYS:
+    if _numba_cpu(queries) and m >= _NUMBA_MIN_KEYS:
+        if arithmetic == "int8" and queries.shape[-1] <= _INT8_MAX_DIM:
             return _finish(*_topk_int8_numba(queries, codes_b, scales_b, k, mask), squeeze)
 
         def block_b(bi: int, s: int, e: int) -> Tensor:

@@ -21,12 +21,12 @@ pytestmark = pytest.mark.skipif(not numba_available(), reason="the fast CPU path
 
 
 @pytest.fixture(autouse=True, scope="module")
-def int8_kernel_on_small_memories():
-    """Route every int8 search of this module through the int8 kernel: by default memories below
-    ``_INT8_MIN_KEYS`` keys are dequantised instead, and the cases here are small."""
-    old, retrieval._INT8_MIN_KEYS = retrieval._INT8_MIN_KEYS, 0
+def numba_paths_on_small_memories():
+    """Route every search of this module through the numba kernels: by default memories below
+    ``_NUMBA_MIN_KEYS`` keys take the batched torch path instead, and the cases here are small."""
+    old, retrieval._NUMBA_MIN_KEYS = retrieval._NUMBA_MIN_KEYS, 0
     yield
-    retrieval._INT8_MIN_KEYS = old
+    retrieval._NUMBA_MIN_KEYS = old
 
 
 def with_block(block: int, fn):
