@@ -209,8 +209,6 @@ def train(cfg: TrainLMConfig, log: Callable[[str], None] = print, controller: Co
     if rank == 0:
         name = getattr(controller, "name", cfg.controller)
         log(f"{cfg.source}: model {n_params:,} parameters, controller {name!r}, world size {world}")
-    if cfg.keep_weight > 0 and not model.config.keep_head:  # a model handed in by train_rl.py
-        raise ValueError("--keep-weight > 0 needs a model with a keep head (AHMModel.with_keep_head)")
     loss_module: nn.Module = WindowLoss(model, cfg.lm_weight, cfg.answer_weight, cfg.keep_weight)
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
