@@ -6,12 +6,14 @@ Same recurrence as the reference (:mod:`ahm.kernels.selective_scan`)::
 
 Each (sequence, channel) pair is an independent recurrence over time, so the
 kernels run ``prange`` over b x d and walk time sequentially with the n-sized
-state in a local array; nothing of size (b, d, l, n) is ever materialised.
+state in a local array; nothing of size (b, d, l, n) is ever materialised: the decays
+exp(delta_t A) come from torch's vectorised exp a block of steps at a time (:data:`DECAY_BLOCK_ELEMENTS`).
 
 Backward: the forward keeps the state entering every ``T``-step segment
-(checkpoints, (b, d, l / T, n)); the backward walks segments in reverse,
-recomputes the segment's states and decays into a (T, n) buffer, and runs the
-adjoint recurrence ``g_t = C_t dy_t + exp(delta_{t+1} A) g_{t+1}``. B and C are
+(checkpoints, (b, d, l / T, n)); the backward walks blocks of segments in reverse
+(the block's decays from torch, as in the forward, the adjoint carried between
+blocks in a (b, d, n) array), recomputes each segment's states into a (T, n)
+buffer, and runs the adjoint recurrence ``g_t = C_t dy_t + exp(delta_{t+1} A) g_{t+1}``. B and C are
 shared by the channels of a group, so their gradients are sums over channels:
 each worker accumulates into its own slice of a (P, b, g, l, n) buffer (P =
 number of workers) that is summed afterwards, so no two threads write the same
@@ -22,7 +24,6 @@ checkpoints are kept and streaming a 1M-token sequence costs O(b d n) memory.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import types
 from collections.abc import Callable, Iterator
@@ -38,10 +39,19 @@ __all__ = ["cpu_scan", "CHECKPOINT_EVERY", "in_forked_child"]
 CHECKPOINT_EVERY = 64
 """Steps between saved states for the backward pass (memory l / 64 x the state)."""
 
-TIME_BLOCK = 2048
-"""Steps per time block of the forward: B and C rows of a block (2 x 2048 x n floats)
-stay in cache while every channel reads them (a 1M-step forward was 2x slower per
-step than a 64K one before blocking: benchmarks/scan_backends.py)."""
+DECAY_BLOCK_ELEMENTS = 1 << 18
+"""The forward takes its decays exp(delta_t A) from torch's vectorised ``exp`` (numba has no vector exp without
+Intel's SVML, so its scalar ``math.exp`` in the step loop bounded the scan), a block of time steps at a time:
+about this many (b x d x steps x n) values per block (1 MiB in float32), at least :data:`MIN_DECAY_STEPS` steps.
+Measured on 2 cores, one thread, d_state 16: 2.6-2.7x the in-kernel exp, at d 128 x 256 steps and d 256 x 16K."""
+
+MIN_DECAY_STEPS = 4
+"""Fewest steps per decay block (a batch of many sequences would otherwise pay a kernel call per step)."""
+
+_VECTOR_MATH = {"reassoc", "contract"}
+"""LLVM fast-math flags of the forward kernel: re-associating the sum over the state (and fusing multiply-adds)
+lets the loop over n run as SIMD instead of a chain of n dependent adds per step; nothing else is relaxed
+(no-NaN / no-inf assumptions stay off)."""
 
 PARALLEL_MIN_WORK = 1 << 18
 """Below this many state updates (b d l n) a call runs on one thread: waking the
@@ -108,49 +118,46 @@ def _threads_for(work: int) -> Iterator[int]:
             torch.set_num_threads(torch_threads)
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
-def _forward_kernel(u, delta, A, Bt, Ct, h0, y, h_last, checkpoints, every, time_block):  # pragma: no cover
-    batch, dim, length = u.shape
+@numba.njit(parallel=True, cache=True, nogil=True, fastmath=_VECTOR_MATH)
+def _forward_kernel(u, delta, decay, Bt, Ct, h, y, checkpoints, every, start):  # pragma: no cover
+    """Steps ``start .. start + decay.shape[2]`` of the scan; ``h`` (b, d, n) the state in and out, ``decay``
+    (b, d, steps, n) = exp(delta A) of those steps."""
+    batch, dim, steps, d_state = decay.shape
     groups = Bt.shape[1]
-    d_state = A.shape[1]
     heads = dim // groups
     keep = checkpoints.shape[2] > 0
-    h_all = h0.copy()  # (b, d, n): the state carried between time blocks
-    # Time blocks outside, channels inside: a block's B_t / C_t rows (time_block x n,
-    # shared by every channel of a group) stay in cache while all channels read them,
-    # instead of each channel streaming the whole (l, n) matrix from memory.
-    for s in range(0, length, time_block):
-        e = min(s + time_block, length)
-        for job in prange(batch * dim):
-            b = job // dim
-            d = job % dim
-            g = d // heads
-            h = h_all[b, d]
-            a = A[d]
-            for t in range(s, e):
-                if keep and t % every == 0:
-                    checkpoints[b, d, t // every] = h
-                dt = delta[b, d, t]
-                x = dt * u[b, d, t]
-                acc = 0.0
-                for k in range(d_state):
-                    h[k] = math.exp(dt * a[k]) * h[k] + x * Bt[b, g, t, k]
-                    acc += h[k] * Ct[b, g, t, k]
-                y[b, d, t] = acc
-    h_last[:] = h_all
+    for job in prange(batch * dim):
+        b = job // dim
+        d = job % dim
+        g = d // heads
+        hd = h[b, d]
+        for i in range(steps):
+            t = start + i
+            if keep and t % every == 0:
+                checkpoints[b, d, t // every] = hd
+            x = delta[b, d, t] * u[b, d, t]
+            acc = 0.0
+            for k in range(d_state):
+                hd[k] = decay[b, d, i, k] * hd[k] + x * Bt[b, g, t, k]
+                acc += hd[k] * Ct[b, g, t, k]
+            y[b, d, t] = acc
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
+@numba.njit(parallel=True, cache=True, nogil=True, fastmath=_VECTOR_MATH)
 def _backward_kernel(
-    u, delta, A, Bt, Ct, checkpoints, every, grad_y, grad_last,
-    grad_u, grad_delta, grad_A_part, grad_B_part, grad_C_part, grad_h0,
+    u, delta, A, Bt, Ct, checkpoints, every, grad_y, adj_all, decay, first_seg,
+    grad_u, grad_delta, grad_A_part, grad_B_part, grad_C_part,
 ):  # pragma: no cover - compiled
+    """Segments ``first_seg .. first_seg + decay.shape[2] / every`` (newest first) of the backward; ``adj_all``
+    (b, d, n) the adjoint dL/dh entering from the later steps, updated in place; ``decay`` (b, d, steps, n) =
+    exp(delta A) of those segments' steps."""
     batch, dim, length = u.shape
     groups = Bt.shape[1]
     d_state = A.shape[1]
     heads = dim // groups
     workers = grad_B_part.shape[0]
-    n_seg = checkpoints.shape[2]
+    block_start = first_seg * every
+    last_seg = min(-(-(block_start + decay.shape[2]) // every), checkpoints.shape[2]) - 1
     # Job = (sequence, group, worker); the worker handles a slice of the group's channels.
     for job in prange(batch * groups * workers):
         p = job % workers
@@ -158,25 +165,20 @@ def _backward_kernel(
         b = bg // groups
         g = bg % groups
         hs = np.empty((every, d_state), dtype=u.dtype)
-        decay = np.empty((every, d_state), dtype=u.dtype)
-        adj = np.empty(d_state, dtype=u.dtype)
         for d in range(g * heads + p, (g + 1) * heads, workers):
             a = A[d]
-            for k in range(d_state):
-                adj[k] = grad_last[b, d, k]
-            for seg in range(n_seg - 1, -1, -1):
+            adj = adj_all[b, d]
+            for seg in range(last_seg, first_seg - 1, -1):
                 s = seg * every
                 e = min(s + every, length)
-                # Recompute the segment's states and decays from its checkpoint.
+                # Recompute the segment's states from its checkpoint.
                 h_prev = checkpoints[b, d, seg]
                 for t in range(s, e):
-                    dt = delta[b, d, t]
-                    x = dt * u[b, d, t]
+                    x = delta[b, d, t] * u[b, d, t]
                     i = t - s
                     for k in range(d_state):
                         prev = h_prev[k] if i == 0 else hs[i - 1, k]
-                        decay[i, k] = math.exp(dt * a[k])
-                        hs[i, k] = decay[i, k] * prev + x * Bt[b, g, t, k]
+                        hs[i, k] = decay[b, d, t - block_start, k] * prev + x * Bt[b, g, t, k]
                 # Adjoint recurrence, newest step first.
                 for t in range(e - 1, s - 1, -1):
                     i = t - s
@@ -188,17 +190,16 @@ def _backward_kernel(
                     for k in range(d_state):
                         gk = adj[k] + gy * Ct[b, g, t, k]  # dL/dh_t
                         prev = h_prev[k] if i == 0 else hs[i - 1, k]
-                        g_log = gk * prev * decay[i, k]  # dL/d(delta_t a_k)
+                        dk = decay[b, d, t - block_start, k]
+                        g_log = gk * prev * dk  # dL/d(delta_t a_k)
                         g_dt += g_log * a[k] + gk * Bt[b, g, t, k] * uu
                         g_u += gk * Bt[b, g, t, k]
                         grad_A_part[b, d, k] += g_log * dt
                         grad_B_part[p, b, g, t, k] += gk * dt * uu
                         grad_C_part[p, b, g, t, k] += hs[i, k] * gy
-                        adj[k] = decay[i, k] * gk  # dL/dh_{t-1} through h_t
+                        adj[k] = dk * gk  # dL/dh_{t-1} through h_t
                     grad_delta[b, d, t] = g_dt
                     grad_u[b, d, t] = g_u * dt
-            for k in range(d_state):
-                grad_h0[b, d, k] = adj[k]
 
 
 def _serial_twin(kernel: Callable, name: str) -> Callable:
@@ -210,11 +211,16 @@ def _serial_twin(kernel: Callable, name: str) -> Callable:
     fn = kernel.py_func
     twin = types.FunctionType(fn.__code__, fn.__globals__, name, fn.__defaults__, fn.__closure__)
     twin.__qualname__ = name
-    return numba.njit(cache=True, nogil=True)(twin)
+    return numba.njit(cache=True, nogil=True, fastmath=kernel.targetoptions.get("fastmath", False))(twin)
 
 
 _forward_kernel_serial = _serial_twin(_forward_kernel, "_forward_kernel_serial")
 _backward_kernel_serial = _serial_twin(_backward_kernel, "_backward_kernel_serial")
+
+
+def _decay_steps(batch: int, dim: int, d_state: int) -> int:
+    """Time steps per block of decays (:data:`DECAY_BLOCK_ELEMENTS`)."""
+    return max(MIN_DECAY_STEPS, DECAY_BLOCK_ELEMENTS // max(1, batch * dim * d_state))
 
 
 def _np(t: Tensor) -> np.ndarray:
@@ -227,15 +233,22 @@ def _forward(u, delta, A, B, C, h0, keep_checkpoints: bool):
     Bt = B.transpose(2, 3).contiguous()  # (b, g, l, n): each step's n values contiguous
     Ct = C.transpose(2, 3).contiguous()
     y = torch.empty_like(u)
-    h_last = torch.empty_like(h0)
+    h = h0.detach().clone()
     n_seg = -(-length // CHECKPOINT_EVERY) if keep_checkpoints else 0
     checkpoints = u.new_empty(batch, dim, n_seg, d_state)
+    steps = _decay_steps(batch, dim, d_state)
+    kernel = _forward_kernel_serial if _forked else _forward_kernel
+    delta, A = delta.detach(), A.detach()
+    un, dn, Bn, Cn, hn, yn, cn = (_np(t) for t in (u, delta, Bt, Ct, h, y, checkpoints))
+    buffer = u.new_empty(batch, dim, min(steps, length), d_state)  # reused: a fresh block per call page-faulted
     with _threads_for(batch * dim * length * d_state):
-        (_forward_kernel_serial if _forked else _forward_kernel)(
-            _np(u), _np(delta), _np(A), Bt.numpy(), Ct.numpy(), _np(h0),
-            y.numpy(), h_last.numpy(), checkpoints.numpy(), CHECKPOINT_EVERY, TIME_BLOCK,
-        )
-    return y, h_last, checkpoints, Bt, Ct
+        for start in range(0, length, steps):
+            block = min(steps, length - start)
+            decay = buffer[:, :, :block]  # (b, d, steps, n) = exp(delta_t A)
+            torch.mul(delta[:, :, start : start + block, None], A[:, None, :], out=decay)
+            decay.exp_()
+            kernel(un, dn, _np(decay), Bn, Cn, hn, yn, cn, CHECKPOINT_EVERY, start)
+    return y, h, checkpoints, Bt, Ct
 
 
 class _CpuScan(torch.autograd.Function):
@@ -266,13 +279,20 @@ class _CpuScan(torch.autograd.Function):
         grad_A_part = u.new_zeros(batch, dim, d_state)
         grad_B_part = u.new_zeros(workers, batch, groups, length, d_state)
         grad_C_part = u.new_zeros(workers, batch, groups, length, d_state)
-        grad_h0 = u.new_empty(batch, dim, d_state)
-        (_backward_kernel_serial if _forked else _backward_kernel)(
-            u.numpy(), delta.numpy(), A.numpy(), Bt.numpy(), Ct.numpy(), checkpoints.numpy(),
-            CHECKPOINT_EVERY, grad_y.numpy(), grad_last.numpy(),
-            grad_u.numpy(), grad_delta.numpy(), grad_A_part.numpy(), grad_B_part.numpy(),
-            grad_C_part.numpy(), grad_h0.numpy(),
-        )
+        adj = grad_last.clone()  # dL/dh entering each segment from the later ones; at the start, dL/dh0
+        n_seg = checkpoints.shape[2]
+        segs = max(1, _decay_steps(batch, dim, d_state) // CHECKPOINT_EVERY)  # segments per decay block
+        buffer = u.new_empty(batch, dim, min(segs * CHECKPOINT_EVERY, length), d_state)
+        kernel = _backward_kernel_serial if _forked else _backward_kernel
+        arrays = [_np(t) for t in (u, delta, A, Bt, Ct, checkpoints)]
+        grads = [t.numpy() for t in (grad_u, grad_delta, grad_A_part, grad_B_part, grad_C_part)]
+        for first in range(((n_seg - 1) // segs) * segs, -1, -segs):  # blocks of segments, newest first
+            start, stop = first * CHECKPOINT_EVERY, min((first + segs) * CHECKPOINT_EVERY, length)
+            decay = buffer[:, :, : stop - start]
+            torch.mul(delta.detach()[:, :, start:stop, None], A.detach()[:, None, :], out=decay)
+            decay.exp_()
+            kernel(*arrays, CHECKPOINT_EVERY, grad_y.numpy(), adj.numpy(), _np(decay), first, *grads)
+        grad_h0 = adj
         grad_B = grad_B_part.sum(0).transpose(2, 3)  # (b, g, n, l)
         grad_C = grad_C_part.sum(0).transpose(2, 3)
         return grad_u, grad_delta, grad_A_part.sum(0), grad_B, grad_C, grad_h0

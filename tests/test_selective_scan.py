@@ -95,6 +95,27 @@ def test_gradients_match_autograd_of_ref_float64(backend, groups):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=f"gradient of {name}")
 
 
+@pytest.mark.skipif("cpu" not in FAST_BACKENDS, reason="numba missing")
+@pytest.mark.parametrize("groups", [None, 2])
+def test_cpu_scan_decay_blocks_match_ref_float64(monkeypatch, groups):
+    """The cpu backend takes its decays from torch a block of steps at a time: with 4-step blocks (the least),
+    150 steps cross many blocks and the backward's 64-step checkpoints; values and gradients stay the ref's."""
+    from ahm.kernels import scan_cpu
+
+    monkeypatch.setattr(scan_cpu, "DECAY_BLOCK_ELEMENTS", 1)
+    x = make_inputs(batch=2, dim=4, d_state=3, length=150, groups=groups, grad=True)
+    weights = torch.randn(2, 4, 150, dtype=torch.float64)
+    outs = {}
+    for backend in ("ref", "cpu"):
+        y, h = selective_scan(**x, delta_softplus=True, return_last_state=True, backend=backend)
+        grads = torch.autograd.grad((y * weights).sum() + (h**2).sum(), list(x.values()))
+        outs[backend] = (y.detach(), h.detach(), grads)
+    torch.testing.assert_close(outs["cpu"][0], outs["ref"][0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(outs["cpu"][1], outs["ref"][1], rtol=1e-12, atol=1e-12)
+    for name, a, b in zip(x, outs["cpu"][2], outs["ref"][2]):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=f"gradient of {name}")
+
+
 @pytest.mark.parametrize("backend", COMPILED_OR_TORCH)
 def test_backward_passes_gradcheck(backend):
     """Finite differences check the hand-written backward independently of ref."""
