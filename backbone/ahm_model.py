@@ -159,6 +159,13 @@ class AHMConfig:
     probability as the observation ``keep_score``. Trained in the supervised phase (``--keep-weight``, the
     gradient reaching the backbone, so the backbone learns to carry what tells a needed chunk apart). Checkpoints
     saved before it existed load without it (False)."""
+    ask_head: bool = False
+    """A head that predicts, at each chunk boundary, the first token of the fact the next query will ask for (a
+    hindsight label, like the keep head's: the kind marker of the asked facts where facts carry one). It is an
+    auxiliary objective of the supervised phase (``--ask-weight``): the keep label asks the backbone for what a
+    fact is AND for what the stream will ask, and its loss gives no gradient towards carrying the second (on
+    Decoy, a cue at the start of the stream) until the first is known; this head's loss does. Controllers do not
+    see it. Checkpoints saved before it existed load without it (False)."""
 
     def __post_init__(self) -> None:
         for name in ("chunk_size", "wm_slots", "ltm_capacity", "key_dim", "ltm_read_k", "obs_topk"):
@@ -223,6 +230,8 @@ class BoundaryFeatures(NamedTuple):
     """(b, dk) unit vectors: the retrieval query."""
     keep_logit: Tensor | None = None
     """(b,) the keep head's logit (``AHMConfig.keep_head``; carries the graph), else None."""
+    ask_logits: Tensor | None = None
+    """(b, V) the ask head's logits (``AHMConfig.ask_head``; carries the graph), else None."""
 
 
 class ChunkFeatures(NamedTuple):
@@ -318,6 +327,8 @@ class AHMModel(nn.Module):
         self.integration = make_integration(config.integration, dv, d, config.level_readout)
         if config.keep_head:  # P(this chunk's entry is needed later), from the boundary's hidden state
             self.keep_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, 1))
+        if config.ask_head:  # the first token of the fact the next query asks for, from the same hidden state
+            self.ask_head = nn.Linear(d, config.backbone.vocab_size)
 
     def with_level_readout(self, level_readout: str) -> AHMModel:
         """This model with its integration reading the levels as ``level_readout`` (a new model; self unchanged).
@@ -342,14 +353,17 @@ class AHMModel(nn.Module):
         model.requires_grad_(any(p.requires_grad for p in self.parameters()))
         return model.to(self.lm_head.weight.device).train(self.training)
 
-    def with_keep_head(self) -> AHMModel:
-        """This model with a keep head (``AHMConfig.keep_head``), freshly initialised from torch's generator, and
-        every other weight copied (a new model; self unchanged). A model that has one is returned as it is."""
-        if self.config.keep_head:
+    def with_heads(self, keep: bool = False, ask: bool = False) -> AHMModel:
+        """This model with a keep head (``keep``) and an ask head (``ask``) where it has none, each freshly
+        initialised from torch's generator, and every other weight copied (a new model; self unchanged). A model
+        that has every head asked for is returned as it is."""
+        add = {name for name, wanted in (("keep_head", keep), ("ask_head", ask)) if wanted}
+        add -= {name for name in add if getattr(self.config, name)}
+        if not add:
             return self
-        model = AHMModel(replace(self.config, keep_head=True))
+        model = AHMModel(replace(self.config, **{name: True for name in add}))
         missing, unexpected = model.load_state_dict(self.state_dict(), strict=False)
-        assert not unexpected and all(name.startswith("keep_head.") for name in missing), (missing, unexpected)
+        assert not unexpected and all(name.split(".")[0] in add for name in missing), (missing, unexpected)
         model.requires_grad_(any(p.requires_grad for p in self.parameters()))
         return model.to(self.lm_head.weight.device).train(self.training)
 
@@ -405,12 +419,14 @@ class AHMModel(nn.Module):
         else:
             pooled_value = pooled_key = self._pool(hidden, self.write_attention, self.write_recency, None)
         keep = self.keep_head(last_hidden).squeeze(-1).float() if self.config.keep_head else None
+        ask = self.ask_head(last_hidden).float() if self.config.ask_head else None
         return BoundaryFeatures(
             features,
             F.normalize(self.key_proj(pooled_key), dim=-1),
             self.value_proj(pooled_value),
             F.normalize(self.query_proj(last_hidden), dim=-1),
             keep,
+            ask,
         )
 
     @staticmethod

@@ -23,7 +23,7 @@ from torch import Tensor
 from ahm.backbone import AHMModel
 from ahm.envs.streams import FACT_KINDS, TaskStream
 
-__all__ = ["Annotations", "AnswerScores", "score_answers", "EntryOrigins", "usefulness"]
+__all__ = ["Annotations", "AnswerScores", "score_answers", "EntryOrigins", "usefulness", "next_asked_tokens"]
 
 
 class Annotations(NamedTuple):
@@ -82,6 +82,25 @@ class Annotations(NamedTuple):
         n_targets = int((target >= 0).sum())
         return cls(target, target_fact, target_fact_chunk, is_query, fact_at, fact_kind, fact_query_chunk,
                    max(1, n_targets), stream.last_query_chunk)
+
+
+def next_asked_tokens(stream: TaskStream) -> np.ndarray:
+    """(n,) int64 hindsight labels of the backbone's ask head: at chunk t's boundary, the first token of the fact
+    that the first query after t (its cue ending in a later chunk) asks for; -1 where no query follows (and in
+    text). Where facts open with a kind marker (Decoy) that token is the marker of the asked kind, which the
+    stream's opening cue names; where they open with their key it is the next key asked, which nothing before the
+    query tells. Privileged like :meth:`Annotations.keep_labels`: training labels only."""
+    n = stream.n_chunks
+    out = np.full(n, -1, dtype=np.int64)
+    if not stream.queries:
+        return out
+    queries = sorted(stream.queries, key=lambda q: q.chunk)
+    chunks = np.array([q.chunk for q in queries])
+    first = np.array([stream.facts[q.fact_id].tokens[0] for q in queries], dtype=np.int64)
+    following = np.searchsorted(chunks, np.arange(n), side="right")  # the first query whose chunk is > t
+    has = following < len(queries)
+    out[has] = first[following[has]]
+    return out
 
 
 class AnswerScores(NamedTuple):

@@ -75,10 +75,10 @@ def tiny_model(vocab: int, keep_head: bool = False, seed: int = 0) -> AHMModel:
                               wm_slots=4, ltm_capacity=16, key_dim=8, keep_head=keep_head))
 
 
-def test_with_keep_head_keeps_every_weight_and_only_adds_the_head():
+def test_with_heads_keeps_every_weight_and_only_adds_the_head():
     model = tiny_model(64)
-    headed = model.with_keep_head()
-    assert headed.config.keep_head and not model.config.keep_head and headed.with_keep_head() is headed
+    headed = model.with_heads(keep=True)
+    assert headed.config.keep_head and not model.config.keep_head and headed.with_heads(keep=True) is headed
     for name, weight in model.state_dict().items():
         assert torch.equal(weight, headed.state_dict()[name])
     x = torch.randint(0, 64, (2, 128))

@@ -335,7 +335,7 @@ def run_alternation(cfg: TrainRLConfig, log: Callable[[str], None] = print) -> d
     else:
         model = _initial_backbone(cfg)
         if model is not None and cfg.keep_weight > 0:  # the head exists before the first controller sees anything
-            model = model.with_keep_head()
+            model = model.with_heads(keep=True)
     timings: list[dict[str, float]] = []
     for r in range(first_round, cfg.rounds):
         round_dir = out / f"round_{r}"

@@ -166,6 +166,11 @@ class TrainLMConfig:
     """Weight of the keep head's loss (task streams): > 0 gives the model a keep head (a model loaded with
     --init-from without one gets a fresh head), trained on hindsight labels (1 where a later query asks for the
     fact ending in the chunk), whose prediction controllers observe as 'keep_score'. 0: no head."""
+    ask_weight: float = 0.0
+    """Weight of the ask head's loss (task streams), an auxiliary objective: > 0 gives the model an ask head (a
+    model loaded with --init-from gets a fresh one) trained to name, at every boundary, the first token of the fact
+    the next query asks for (on Decoy, the asked kind's marker, which only the stream's opening cue tells), so the
+    backbone carries it. Controllers do not observe it. 0: no head."""
     max_steps: int = 300
     """Optimisation steps (windows)."""
     minutes: float = 0.0
@@ -218,12 +223,13 @@ class TrainLMConfig:
             raise ValueError(f"--embedding-init and --write-recency-init must be > 0, got {self.embedding_init!r} "
                              f"and {self.write_recency_init!r}")
         if not (self.lr > 0 and self.weight_decay >= 0 and self.lm_weight >= 0 and self.answer_weight >= 0
-                and self.keep_weight >= 0 and self.minutes >= 0):
+                and self.keep_weight >= 0 and self.ask_weight >= 0 and self.minutes >= 0):
             raise ValueError("--lr must be > 0; --weight-decay, --lm-weight, --answer-weight, --keep-weight, "
-                             "--minutes >= 0")
-        if self.keep_weight > 0 and self.source != "tasks":
-            raise ValueError("--keep-weight trains the keep head on the task streams' hindsight labels; text has "
-                             "none: use --source tasks")
+                             "--ask-weight, --minutes >= 0")
+        for name in ("keep", "ask"):
+            if getattr(self, f"{name}_weight") > 0 and self.source != "tasks":
+                raise ValueError(f"--{name}-weight trains the {name} head on the task streams' hindsight labels; "
+                                 "text has none: use --source tasks")
         if self.window % self.chunk_size:
             raise ValueError(f"--window ({self.window}) must be a multiple of --chunk-size ({self.chunk_size})")
         if self.source == "text" and self.controller == "oracle":
@@ -244,7 +250,7 @@ class TrainLMConfig:
     # The settings that define the model; a resumed run must match them.
     MODEL_FIELDS = ("d_model", "n_layer", "d_state", "key_dim", "value_dim", "chunk_size", "wm_slots",
                     "ltm_capacity", "ltm_codec", "integration", "level_readout", "integration_init", "embedding_init",
-                    "write_recency_init", "keep_weight")
+                    "write_recency_init", "keep_weight", "ask_weight")
 
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainLMConfig)}
@@ -271,7 +277,7 @@ def build_model(cfg: TrainLMConfig, vocab_size: int, level_readout: str | None =
                                ltm_capacity=cfg.ltm_capacity, key_dim=cfg.key_dim, value_dim=cfg.value_dim or None,
                                ltm_codec=cfg.ltm_codec, integration=cfg.integration,
                                level_readout=level_readout or cfg.level_readout or "shared",
-                               keep_head=cfg.keep_weight > 0))
+                               keep_head=cfg.keep_weight > 0, ask_head=cfg.ask_weight > 0))
     # AHMModel starts its integration projection at zero (an untrained AHM model is its backbone LM). Trained
     # from scratch, that zero is a saddle: the projection learns only once the stored values carry the answer,
     # and the backbone learns to store it only through the projection. A small random start breaks the tie

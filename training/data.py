@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ahm.envs.episode_scoring import Annotations
+from ahm.envs.episode_scoring import Annotations, next_asked_tokens
 from ahm.envs.streams import TASKS, make_task
 from ahm.envs.text_corpus import ByteCorpus, load_corpus
 
@@ -42,6 +42,9 @@ class SequenceBatch(NamedTuple):
     """(b, n) float32: per chunk, the keep head's hindsight label
     (:meth:`ahm.envs.episode_scoring.Annotations.keep_labels`: 1 where a later query asks for the fact ending
     there); None for text."""
+    ask_targets: np.ndarray | None = None
+    """(b, n) int64: per chunk, the ask head's hindsight label (:func:`ahm.envs.episode_scoring.next_asked_tokens`:
+    the first token of the fact the next query asks for, -1 none); None for text."""
 
 
 class TextSource:
@@ -134,4 +137,5 @@ class TaskSource:
             for q in stream.queries:
                 targets[row, q.chunk] = q.answer[0]
         keep = np.stack([Annotations.of_stream(stream).keep_labels() for stream in streams])
-        return SequenceBatch(tokens, task, seeds, targets, keep)
+        ask = np.stack([next_asked_tokens(stream) for stream in streams])
+        return SequenceBatch(tokens, task, seeds, targets, keep, ask)

@@ -73,7 +73,7 @@ _FORMAT, _VERSION = "ahm-sequence-model", 1
 
 _AHM_ONLY = ("controller", "d_model", "n_layer", "d_state", "key_dim", "value_dim", "wm_slots", "ltm_capacity",
              "ltm_codec", "integration", "level_readout", "integration_init", "write_recency_init", "embedding_init",
-             "export_dir", "keep_weight")
+             "export_dir", "keep_weight", "ask_weight")
 """TrainLMConfig fields that describe the AHM model (its backbone, memory and controller): a comparison model
 is sized by --model-size and configured by --model-options instead."""
 

@@ -177,8 +177,7 @@ def train(cfg: TrainLMConfig, log: Callable[[str], None] = print, controller: Co
                              f"{cfg.chunk_size}; make them equal")
         if cfg.level_readout:
             model = model.with_level_readout(cfg.level_readout)
-        if cfg.keep_weight > 0:
-            model = model.with_keep_head()
+        model = model.with_heads(keep=cfg.keep_weight > 0, ask=cfg.ask_weight > 0)
     check_training_memory(cfg, source.vocab_size, model)
     model = model if model is not None else build_model(cfg, source.vocab_size, _saved_level_readout(cfg, out_dir))
     controller = controller if controller is not None else make_controller(cfg.controller)
@@ -209,7 +208,7 @@ def train(cfg: TrainLMConfig, log: Callable[[str], None] = print, controller: Co
     if rank == 0:
         name = getattr(controller, "name", cfg.controller)
         log(f"{cfg.source}: model {n_params:,} parameters, controller {name!r}, world size {world}")
-    loss_module: nn.Module = WindowLoss(model, cfg.lm_weight, cfg.answer_weight, cfg.keep_weight)
+    loss_module: nn.Module = WindowLoss(model, cfg.lm_weight, cfg.answer_weight, cfg.keep_weight, cfg.ask_weight)
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
@@ -246,8 +245,10 @@ def train(cfg: TrainLMConfig, log: Callable[[str], None] = print, controller: Co
                 controllers, targets = [bridge] * (t1 - t0), None
             keep = (torch.from_numpy(batch.keep_targets[:, t0:t1])
                     if cfg.keep_weight > 0 and batch.keep_targets is not None else None)
+            ask = (torch.from_numpy(batch.ask_targets[:, t0:t1])
+                   if cfg.ask_weight > 0 and batch.ask_targets is not None else None)
             next_token = tokens[:, w1] if w1 < length else torch.full((cfg.batch,), -1, dtype=torch.int64)
-            out, state_ = loss_module(tokens[:, w0:w1], next_token, state_, controllers, targets, keep)
+            out, state_ = loss_module(tokens[:, w0:w1], next_token, state_, controllers, targets, keep, ask)
             opt.zero_grad(set_to_none=True)
             out.loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -275,10 +276,13 @@ def train(cfg: TrainLMConfig, log: Callable[[str], None] = print, controller: Co
                     writer.add_scalar("train/answer_loss", float(out.answer_loss), step)
                 if keep is not None:
                     writer.add_scalar("train/keep_loss", float(out.keep_loss), step)
+                if ask is not None:
+                    writer.add_scalar("train/ask_loss", float(out.ask_loss), step)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{float(out.loss.detach()):.3f}", len=length,
-                                **({"keep": f"{float(out.keep_loss):.3f}"} if keep is not None else {}))
+                                **({"keep": f"{float(out.keep_loss):.3f}"} if keep is not None else {}),
+                                **({"ask": f"{float(out.ask_loss):.3f}"} if ask is not None else {}))
             if step >= cfg.max_steps or (cfg.minutes and elapsed > cfg.minutes * 60):
                 stop = True
                 break
@@ -403,18 +407,21 @@ def check_training_memory(cfg: TrainLMConfig, vocab_size: int, model: AHMModel |
 
 
 KEEP_HEAD_LR_SCALE = 10.0
-"""The keep head's learning rate over the rest's: a fresh head on a trained backbone needs to move far, the backbone
-little (measured: at --lr 1e-3 for both, 60 steps moved the head's balanced loss from 0.693 to 0.665 only)."""
+"""The heads' learning rate over the rest's: a fresh head on a trained backbone needs to move far, the backbone
+little (measured on the keep head: at --lr 1e-3 for both, 60 steps moved its balanced loss from 0.693 to 0.665
+only). The ask head trains at the same scale."""
 
 
 def _param_groups(model: AHMModel, lr: float) -> list[dict[str, Any]]:
-    """One optimizer group of every parameter, or, with a keep head, two: the rest at ``lr`` and the head at
-    :data:`KEEP_HEAD_LR_SCALE` x ``lr`` (the schedule scales both)."""
-    if not model.config.keep_head:
+    """One optimizer group of every parameter, or, with a keep or an ask head, two: the rest at ``lr`` and the
+    heads at :data:`KEEP_HEAD_LR_SCALE` x ``lr`` (the schedule scales both)."""
+    heads = [p for name in ("keep_head", "ask_head") if getattr(model.config, name)
+             for p in getattr(model, name).parameters()]
+    if not heads:
         return [{"params": list(model.parameters())}]
-    head = {id(p) for p in model.keep_head.parameters()}
-    return [{"params": [p for p in model.parameters() if id(p) not in head]},
-            {"params": list(model.keep_head.parameters()), "lr": lr * KEEP_HEAD_LR_SCALE}]
+    ids = {id(p) for p in heads}
+    return [{"params": [p for p in model.parameters() if id(p) not in ids]},
+            {"params": heads, "lr": lr * KEEP_HEAD_LR_SCALE}]
 
 
 def _restore_lr(opt: torch.optim.Optimizer, schedule: torch.optim.lr_scheduler.LambdaLR, step: int) -> None:

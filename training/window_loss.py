@@ -7,11 +7,15 @@ deciding the memory operations. The loss is
     lm_weight * (mean next-token cross-entropy over the window's tokens)
     + answer_weight * (mean cross-entropy of the answers at query boundaries)
     + keep_weight * (balanced binary cross-entropy of the keep head at every boundary)
+    + ask_weight * (cross-entropy of the ask head at every boundary a query follows)
 
 The keep term trains the backbone's keep head (``AHMConfig.keep_head``) against the
 hindsight labels (1 where a later query asks for the fact that ends in the chunk):
 positives and negatives weigh half each, since needed chunks are rare in long
 streams; the head's output is then a ranking score, not a calibrated probability.
+The ask term trains the ask head (``AHMConfig.ask_head``) to name the first token of the
+fact the next query asks for: an auxiliary objective that makes the backbone carry what
+the stream will ask (module doc of :func:`ahm.envs.episode_scoring.next_asked_tokens`).
 
 where an answer is scored exactly as the environment scores it: the next-token logits
 at the boundary of the query's chunk from its last hidden state plus the memory
@@ -52,30 +56,36 @@ class WindowOutput(NamedTuple):
     """(5,) operation counts: writes, moves to LTM, WM retrievals, LTM retrievals, forgets."""
     keep_loss: Tensor = torch.zeros(())
     """() the keep head's balanced cross-entropy (nats), detached; 0 without keep targets."""
+    ask_loss: Tensor = torch.zeros(())
+    """() the ask head's mean cross-entropy (nats) over labelled boundaries, detached; 0 without ask targets."""
 
 
 class WindowLoss(nn.Module):
     """The loss of one TBPTT window as a module (so DistributedDataParallel can wrap it)."""
 
-    def __init__(self, model: AHMModel, lm_weight: float, answer_weight: float, keep_weight: float = 0.0) -> None:
+    def __init__(self, model: AHMModel, lm_weight: float, answer_weight: float, keep_weight: float = 0.0,
+                 ask_weight: float = 0.0) -> None:
         super().__init__()
         self.model, self.lm_weight, self.answer_weight = model, lm_weight, answer_weight
-        self.keep_weight = keep_weight
+        self.keep_weight, self.ask_weight = keep_weight, ask_weight
         if keep_weight > 0 and not model.config.keep_head:
             raise ValueError("WindowLoss: keep_weight > 0 needs a model with a keep head (AHMConfig.keep_head)")
+        if ask_weight > 0 and not model.config.ask_head:
+            raise ValueError("WindowLoss: ask_weight > 0 needs a model with an ask head (AHMConfig.ask_head)")
 
     def forward(self, tokens: Tensor, next_token: Tensor, state: AHMState, controllers: Sequence[MemoryPolicy],
-                answer_targets: Tensor | None, keep_targets: Tensor | None = None) -> tuple[WindowOutput, AHMState]:
+                answer_targets: Tensor | None, keep_targets: Tensor | None = None,
+                ask_targets: Tensor | None = None) -> tuple[WindowOutput, AHMState]:
         """tokens (b, W), next_token (b,) the token after the window (-1: none), one controller per chunk,
-        answer_targets (b, W / C) or None, keep_targets (b, W / C) hindsight labels or None -> the losses and the
-        state after the window."""
+        answer_targets (b, W / C) or None, keep_targets (b, W / C) and ask_targets (b, W / C) hindsight labels or
+        None -> the losses and the state after the window."""
         model, c = self.model, self.model.config.chunk_size
         lm_sum = tokens.new_zeros((), dtype=torch.float32)
         lm_count = 0
         ans_sum = lm_sum.clone()
         answers = correct = torch.zeros((), dtype=torch.int64)
         ops = torch.zeros(5, dtype=torch.int64)
-        keep_logits = []
+        keep_logits, ask_logits = [], []
         width = tokens.shape[1]
         for i, s in enumerate(range(0, width, c)):
             chunk = tokens[:, s : s + c]
@@ -98,6 +108,8 @@ class WindowLoss(nn.Module):
                 boundary = features.boundary
             if keep_targets is not None and self.keep_weight > 0:
                 keep_logits.append(boundary.keep_logit)
+            if ask_targets is not None and self.ask_weight > 0:
+                ask_logits.append(boundary.ask_logits)
             if answer_targets is not None:
                 target = answer_targets[:, i]
                 scored = target >= 0
@@ -116,10 +128,16 @@ class WindowLoss(nn.Module):
         if keep_logits:
             keep_loss = balanced_bce(torch.stack(keep_logits, 1), keep_targets[:, : len(keep_logits)].float())
             loss = loss + self.keep_weight * keep_loss
+        ask_loss = torch.zeros(())
+        if ask_logits:
+            labels = ask_targets[:, : len(ask_logits)]
+            if bool((labels >= 0).any()):
+                ask_loss = F.cross_entropy(torch.stack(ask_logits, 1)[labels >= 0], labels[labels >= 0])
+                loss = loss + self.ask_weight * ask_loss
         if not loss.requires_grad:  # no term in this window (no answer, no LM loss): a zero that keeps the graph,
             loss = loss + 0.0 * sum(p.sum() for p in model.parameters())  # so backward (and DDP) still run
         return WindowOutput(loss, lm_loss.detach(), answer_loss.detach(), answers, correct, ops,
-                            keep_loss.detach()), state
+                            keep_loss.detach(), ask_loss.detach()), state
 
 
 def balanced_bce(logits: Tensor, labels: Tensor) -> Tensor:
