@@ -577,7 +577,7 @@ def run_benchmark(config: BenchmarkConfig, log: Any = print) -> list[BenchmarkRo
                     failed.extend(f"{task} {format_length(length)} {e.name}: {err}" for e in group)
                     bar.update(len(group))
                     continue
-                backbone_seconds = sum(prepare_features(env, streams[s]) for s in seeds)
+                backbone_seconds = prepare_features(env, [x for s in seeds for x in streams[s]])  # one batched pass
                 for e in group:
                     record = config.plots and length == min(lengths)
                     results = [evaluate(e.make(), env, episodes=config.episodes, seed=s,

