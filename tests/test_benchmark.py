@@ -118,6 +118,26 @@ def test_evaluate_on_a_built_env_reuses_it_and_matches():
         evaluate(nothing, env, seq_len=2048)
 
 
+def test_prepare_features_reads_streams_together_into_the_cache_without_touching_episodes():
+    """prepare_features reads every stream in one batched backbone pass (EpisodeBatch.warm): the cached features are
+    those a reset of each stream alone computes, and the env's episodes are as they were."""
+    from ahm.agents.evaluation import prepare_features
+
+    seeds = evaluation_stream_seeds(2, 3)
+    env = make_eval_env("AHMMemory-v0", num_envs=1, stream_seeds=seeds, **TINY)
+    env.reset(options={"stream_seeds": [seeds[0]]})
+    before = list(env.episodes.stream_seeds)
+    assert prepare_features(env, seeds) >= 0
+    assert list(env.episodes.stream_seeds) == before and set(seeds) <= set(env.episodes._cache)
+    for seed in seeds:
+        alone = make_eval_env("AHMMemory-v0", num_envs=1, stream_seeds=(seed,), **TINY)
+        alone.reset(options={"stream_seeds": [seed]})
+        for a, b in zip(env.episodes._cache[seed].features, alone.episodes._cache[seed].features):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="stream seed"):
+        prepare_features(env, [-1])
+
+
 def test_controller_sees_masks_infos_and_episode_starts():
     seen = []
 
