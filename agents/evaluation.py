@@ -203,7 +203,9 @@ def make_eval_env(env_id_or_kwargs: str | Mapping[str, Any], *, num_envs: int, s
 
 
 def prepare_features(env: Any, stream_seeds: Sequence[int]) -> float:
-    """Run the backbone over ``stream_seeds`` (in groups of ``env.num_envs``) so their features are cached; seconds.
+    """Run the backbone over ``stream_seeds`` so their features are cached; seconds. An
+    :class:`~ahm.envs.AHMMemoryVectorEnv` reads them in batches of max(``num_envs``, :data:`WARM_BATCH`) streams
+    (``EpisodeBatch.warm``) and no episode changes; any other env is reset in groups of ``num_envs``.
 
     Only useful when the env's ``stream_seeds`` contain them (otherwise its cache keeps
     only the last group): :func:`make_eval_env` builds such an env.

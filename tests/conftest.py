@@ -2,6 +2,7 @@
 
 import os
 
+import pytest
 import torch
 
 # Triton reads TRITON_INTERPRET when a kernel is defined: without a GPU, run its
@@ -18,3 +19,12 @@ settings.register_profile(
     derandomize=True,  # a failure in CI reproduces with the same examples
 )
 settings.load_profile("ci")
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for the test (the env's and the heads' tiny ops), the caller's count restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

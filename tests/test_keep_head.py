@@ -14,13 +14,7 @@ from ahm.envs.streams import make_task
 from ahm.training.data import Curriculum, TaskSource
 from ahm.training.window_loss import WindowLoss, balanced_bce
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---------------------------------------------------------------- hindsight labels
