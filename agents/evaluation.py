@@ -214,9 +214,9 @@ def prepare_features(env: Any, stream_seeds: Sequence[int]) -> float:
     start = time.perf_counter()
     warm = getattr(getattr(env, "episodes", None), "warm", None)
     if warm is not None:  # the backbone batched over up to WARM_BATCH streams, whatever num_envs is
-        seeds = list(dict.fromkeys(int(s) for s in stream_seeds))
-        for i in range(0, len(seeds), max(n, WARM_BATCH)):
-            warm(seeds[i : i + max(n, WARM_BATCH)])
+        seeds, size = list(dict.fromkeys(int(s) for s in stream_seeds)), max(n, WARM_BATCH)
+        for i in range(0, len(seeds), size):
+            warm(seeds[i : i + size])
     else:
         for group in _rounds(list(stream_seeds), n):
             env.reset(options={"stream_seeds": group})

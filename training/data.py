@@ -132,10 +132,8 @@ class TaskSource:
         seeds = tuple(int(s) for s in rng.integers(0, 2**62, size=batch))
         streams = [make_task(task, length, self.chunk_size, s, **self.task_kwargs) for s in seeds]
         tokens = np.stack([s.tokens(0, length) for s in streams]).astype(np.int64)
-        targets = np.full((batch, streams[0].n_chunks), -1, dtype=np.int64)
-        for row, stream in enumerate(streams):
-            for q in stream.queries:
-                targets[row, q.chunk] = q.answer[0]
-        keep = np.stack([Annotations.of_stream(stream).keep_labels() for stream in streams])
+        annotations = [Annotations.of_stream(stream) for stream in streams]  # one pass over facts and queries each
+        targets = np.stack([np.where(a.is_query, a.target, -1) for a in annotations])
+        keep = np.stack([a.keep_labels() for a in annotations])
         ask = np.stack([next_asked_tokens(stream) for stream in streams])
         return SequenceBatch(tokens, task, seeds, targets, keep, ask)
