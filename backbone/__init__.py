@@ -10,6 +10,7 @@ Modules, one job each:
 * :mod:`~ahm.backbone.config`: ``MambaConfig`` and the typed-dataclass-from-dict helper.
 * :mod:`~ahm.backbone.errors`: the error families (``AHMError``, ``CheckpointError``, ...) and the memory check.
 * :mod:`~ahm.backbone.mamba`: the selective-SSM blocks, ``MambaBackbone``, ``MambaLM`` and their streaming state.
+* :mod:`~ahm.backbone.optim`: which parameters weight decay applies to (the optimizer groups of every trainer).
 * :mod:`~ahm.backbone.language_modeling`: the LM losses and metrics (bits per byte).
 * :mod:`~ahm.backbone.working_memory`: ``WorkingMemory``, K full-precision slots.
 * :mod:`~ahm.backbone.long_term_memory`: ``LongTermMemory``, compressed entries searched by key.
@@ -60,6 +61,7 @@ from .memory_ops import (
     NullController,
     OpMasks,
 )
+from .optim import mark_no_weight_decay, weight_decay_groups
 from .working_memory import WMEntry, WMRead, WorkingMemory
 
 __all__ = [
@@ -72,6 +74,6 @@ __all__ = [
     "HierarchicalMemory", "MemoryConfig", "MemoryObservation", "MemoryOps", "MemoryReadout", "OpMasks",
     "RETRIEVE_NONE", "RETRIEVE_WM", "RETRIEVE_LTM", "RETRIEVE_BOTH",
     "LTM_FORGET_NONE", "LTM_FORGET_OLDEST", "LTM_FORGET_LEAST_USED", "LTM_FORGET_NEAREST",
-    "save_memory", "load_memory",
+    "save_memory", "load_memory", "mark_no_weight_decay", "weight_decay_groups",
     "AHMError", "AHMConfigError", "CheckpointError", "NonFiniteError", "ResourceError",
 ]

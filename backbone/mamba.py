@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from ..kernels import selective_scan
 from .config import MambaConfig
+from .optim import mark_no_weight_decay
 
 __all__ = ["LayerState", "MambaState", "RMSNorm", "MambaMixer", "MambaBackbone", "MambaLM"]
 
@@ -91,6 +92,7 @@ class MambaMixer(nn.Module):
         A = torch.arange(1, n + 1, dtype=torch.float32).repeat(d_inner, 1)
         self.A_log = nn.Parameter(torch.log(A))
         self.D = nn.Parameter(torch.ones(d_inner))
+        mark_no_weight_decay(self.A_log, self.D)  # as the reference recipe (backbone/optim.py)
         self.out_proj = nn.Linear(d_inner, config.d_model, bias=config.bias)
         self._init_dt()
 

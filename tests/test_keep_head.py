@@ -140,7 +140,10 @@ def test_the_keep_head_learns_at_ten_times_the_rest_s_rate():
     from ahm.training.supervised import KEEP_HEAD_LR_SCALE, _param_groups
 
     headed = tiny_model(64, keep_head=True)
-    groups = _param_groups(headed, 1e-3)
-    assert [len(g["params"]) for g in groups] == [len(list(headed.parameters())) - 4, 4]
-    assert groups[1]["lr"] == 1e-3 * KEEP_HEAD_LR_SCALE and "lr" not in groups[0]
-    assert len(_param_groups(tiny_model(64), 1e-3)) == 1  # no head: one group, as runs saved before it have
+    groups = _param_groups(headed, 1e-3, 0.1)
+    # the body's matrices and its vectors, then the head's (two weights, two biases) the same way
+    assert [len(g["params"]) for g in groups[2:]] == [2, 2]
+    assert sum(len(g["params"]) for g in groups) == len(list(headed.parameters()))
+    assert all(g["lr"] == 1e-3 * KEEP_HEAD_LR_SCALE for g in groups[2:]) and not any("lr" in g for g in groups[:2])
+    assert [g["weight_decay"] for g in groups] == [0.1, 0.0, 0.1, 0.0]
+    assert len(_param_groups(tiny_model(64), 1e-3, 0.1)) == 2  # no head: the body's two groups

@@ -157,7 +157,8 @@ class TrainLMConfig:
     lr: float = 3e-3
     """Peak AdamW learning rate (linear warm-up over the first 5% of steps, cosine after)."""
     weight_decay: float = 0.1
-    """AdamW weight decay."""
+    """AdamW weight decay, on weight matrices (embeddings included) only: not on biases and norm weights, nor
+    on the SSM's ``A_log`` / ``D`` (the reference recipe; :mod:`ahm.backbone.optim`)."""
     lm_weight: float = 1.0
     """Weight of the next-token loss."""
     answer_weight: float = 1.0

@@ -55,6 +55,7 @@ from ahm.backbone.checkpoint import (
 from ahm.backbone.config import parse_int
 from ahm.backbone.errors import AHMConfigError, CheckpointError, NonFiniteError, first_non_finite
 from ahm.backbone.language_modeling import bits_per_byte
+from ahm.backbone.optim import weight_decay_groups
 from ahm.training.config import TrainLMConfig, parse_task_kwargs
 from ahm.training.data import Curriculum, TaskSource, TextSource
 from ahm.training.evaluation import EVAL_SEED_OFFSET
@@ -327,7 +328,7 @@ def train_sequence_model(cfg: TrainLMConfig, log: Callable[[str], None] = print)
     log(_ignored_options_note(cfg))
     source = _source(cfg, task_source)
     curriculum = task_source.curriculum if task_source is not None else None
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    opt = torch.optim.AdamW(weight_decay_groups(model.parameters(), cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95))
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.max_steps))
     log(f"{cfg.source}: {cfg.model} with {count_parameters(model):,} parameters ({cfg.model_size}), "
         f"options {options}")

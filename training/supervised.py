@@ -54,7 +54,7 @@ from ahm.agents.rollout import (
     ReplayController,
     controller_actions,
 )
-from ahm.backbone import AHMModel
+from ahm.backbone import AHMModel, weight_decay_groups
 from ahm.backbone.checkpoint import (
     estimate_model_bytes,
     load_ahm_checkpoint,
@@ -181,8 +181,7 @@ def train(cfg: TrainLMConfig, log: Callable[[str], None] = print, controller: Co
     check_training_memory(cfg, source.vocab_size, model)
     model = model if model is not None else build_model(cfg, source.vocab_size, _saved_level_readout(cfg, out_dir))
     controller = controller if controller is not None else make_controller(cfg.controller)
-    opt = torch.optim.AdamW(_param_groups(model, cfg.lr), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                            betas=(0.9, 0.95))
+    opt = torch.optim.AdamW(_param_groups(model, cfg.lr, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95))
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.max_steps))
     step, losses, tokens_seen, seconds = 0, [], 0, 0.0
     if cfg.resume or cfg.eval:
@@ -412,16 +411,15 @@ little (measured on the keep head: at --lr 1e-3 for both, 60 steps moved its bal
 only). The ask head trains at the same scale."""
 
 
-def _param_groups(model: AHMModel, lr: float) -> list[dict[str, Any]]:
-    """One optimizer group of every parameter, or, with a keep or an ask head, two: the rest at ``lr`` and the
-    heads at :data:`KEEP_HEAD_LR_SCALE` x ``lr`` (the schedule scales both)."""
+def _param_groups(model: AHMModel, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+    """The optimizer groups: the model's parameters at ``lr``, and a keep or an ask head's at
+    :data:`KEEP_HEAD_LR_SCALE` x ``lr`` (the schedule scales both); weight decay on matrices only
+    (:func:`~ahm.backbone.weight_decay_groups`)."""
     heads = [p for name in ("keep_head", "ask_head") if getattr(model.config, name)
              for p in getattr(model, name).parameters()]
-    if not heads:
-        return [{"params": list(model.parameters())}]
     ids = {id(p) for p in heads}
-    return [{"params": [p for p in model.parameters() if id(p) not in ids]},
-            {"params": heads, "lr": lr * KEEP_HEAD_LR_SCALE}]
+    body = weight_decay_groups((p for p in model.parameters() if id(p) not in ids), weight_decay)
+    return body + (weight_decay_groups(heads, weight_decay, lr=lr * KEEP_HEAD_LR_SCALE) if heads else [])
 
 
 def _restore_lr(opt: torch.optim.Optimizer, schedule: torch.optim.lr_scheduler.LambdaLR, step: int) -> None:

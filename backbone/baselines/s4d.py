@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from ..errors import AHMConfigError
 from ..mamba import RMSNorm
+from ..optim import mark_no_weight_decay
 from .base import fit_width, register
 
 __all__ = ["S4DConfig", "S4DState", "S4DLayer", "S4DLM", "vandermonde", "s4d_recurrence_ref", "build_s4d"]
@@ -156,6 +157,8 @@ class S4DLayer(nn.Module):
         self.B = nn.Parameter(torch.stack([torch.ones(h, m), torch.zeros(h, m)], -1))  # B = 1
         self.C = nn.Parameter(torch.randn(h, m, 2) * math.sqrt(0.5))  # C ~ complex normal, variance 1
         self.D = nn.Parameter(torch.randn(h))
+        # The kernel's parameters stay out of weight decay, as in the S4D reference code (backbone/optim.py).
+        mark_no_weight_decay(self.log_dt, self.log_A_real, self.A_imag)
 
     def init_state(self, batch: int, device: torch.device | str | None = None) -> Tensor:
         """The zero SSM state (b, H, N/2), complex (complex128 for a float64 layer)."""
