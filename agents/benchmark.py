@@ -3,7 +3,8 @@
 :func:`run_benchmark` (the command line: ``python -m ahm.benchmark`` or ``ahm-benchmark``,
 the top-level script ``benchmark.py``) evaluates every controller (heuristics by name,
 learned ones by checkpoint path) on every task and length with
-:func:`ahm.agents.evaluation.evaluate`, and writes to ``out_dir``:
+:func:`ahm.agents.evaluation.evaluate_seeds` (every seed's episodes stepped together in one vector env), and
+writes to ``out_dir``:
 
 * ``benchmark.csv`` and ``benchmark.md``: one row per (task, length, controller) with
   the mean accuracy over seeds and its 95% Student-t confidence interval, the task's
@@ -80,7 +81,7 @@ from ahm.agents.benchmark_plots import write_plots as _plots
 from ahm.agents.evaluation import (
     EvalResult,
     MemoryAccesses,
-    evaluate,
+    evaluate_seeds,
     evaluation_stream_seeds,
     make_eval_env,
     prepare_features,
@@ -140,8 +141,9 @@ class BenchmarkConfig:
     """The seeds are first_seed, first_seed + 1, ..."""
     episodes: int = 1
     """Episodes per seed (the seed's accuracy is their mean)."""
-    num_envs: int = 1
-    """Sub-environments stepped together (at most `episodes` are used)."""
+    num_envs: int = 16
+    """Sub-environments stepped together, over every seed's episodes (at most seeds x episodes are used): the
+    heuristics, the oracle and learned controllers score as one at a time; `random` draws other actions."""
     chunk_size: int = 256
     """Tokens per env step (chunk)."""
     backbone: str | None = None
@@ -487,7 +489,7 @@ def _cell_id(task: str, length: int, entry: _Entry, config: BenchmarkConfig, has
     if key not in hashes:
         hashes[key] = _file_hash(directory) if directory is not None and directory.is_dir() else key
     fields = [task, length, entry.name, entry.identity, hashes[key], config.chunk_size, config.first_seed,
-              config.seeds, config.episodes, min(config.num_envs, config.episodes)]
+              config.seeds, config.episodes, min(config.num_envs, config.episodes * config.seeds)]
     return hashlib.sha256(json.dumps(fields).encode()).hexdigest()[:16]
 
 
@@ -537,7 +539,7 @@ def run_benchmark(config: BenchmarkConfig, log: Any = print) -> list[BenchmarkRo
     seeds = [config.first_seed + i for i in range(config.seeds)]
     streams = {s: evaluation_stream_seeds(s, config.episodes) for s in seeds}
     all_streams = tuple(dict.fromkeys(x for s in seeds for x in streams[s]))
-    num_envs = min(config.num_envs, config.episodes)
+    num_envs = min(config.num_envs, config.episodes * len(seeds))
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     csv_path = out / "benchmark.csv"
@@ -580,8 +582,8 @@ def run_benchmark(config: BenchmarkConfig, log: Any = print) -> list[BenchmarkRo
                 backbone_seconds = prepare_features(env, [x for s in seeds for x in streams[s]])  # one batched pass
                 for e in group:
                     record = config.plots and length == min(lengths)
-                    results = [evaluate(e.make(), env, episodes=config.episodes, seed=s,
-                                        record_accesses=record and s == seeds[0]) for s in seeds]
+                    results = evaluate_seeds(e.make(), env, seeds=seeds, episodes=config.episodes,
+                                             record_accesses=record)  # every seed's episodes stepped together
                     row = _row(task, results, backbone_seconds, backbone=backbone or "default",
                                first_seed=config.first_seed, cell_id=ids[task, length, e.name])
                     row = dataclasses.replace(row, controller=e.name)

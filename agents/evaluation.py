@@ -49,8 +49,8 @@ import numpy as np
 from ahm.agents.base import Controller, as_controller
 from ahm.envs.registry import ENV_SPECS
 
-__all__ = ["EpisodeResult", "MemoryAccesses", "EvalResult", "evaluate", "evaluation_stream_seeds", "make_eval_env",
-           "env_arguments", "prepare_features", "OP_NAMES"]
+__all__ = ["EpisodeResult", "MemoryAccesses", "EvalResult", "evaluate", "evaluate_seeds", "evaluation_stream_seeds",
+           "make_eval_env", "env_arguments", "prepare_features", "OP_NAMES"]
 
 OP_NAMES = ("writes", "moves_to_ltm", "drops", "retrievals_wm", "retrievals_ltm", "forgets_wm", "forgets_ltm")
 """The per-episode operation counters of ``info["memory"]`` (``ahm.envs.memory_env.OP_COUNTERS``) that count as
@@ -262,11 +262,33 @@ def evaluate(controller: Controller | str | Path | Any, env_id_or_kwargs: str | 
     Returns:
         An :class:`EvalResult` with one :class:`EpisodeResult` per episode, in stream-seed order.
     """
+    return evaluate_seeds(controller, env_id_or_kwargs, seeds=(seed,), seq_len=seq_len, episodes=episodes,
+                          num_envs=num_envs, backbone=backbone, record_accesses=record_accesses, **env_kwargs)[0]
+
+
+def evaluate_seeds(controller: Controller | str | Path | Any, env_id_or_kwargs: str | Mapping[str, Any] | Any, *,
+                   seeds: Sequence[int], seq_len: int | None = None, episodes: int = 1, num_envs: int = 1,
+                   backbone: Any = None, record_accesses: bool = False, **env_kwargs: Any) -> list[EvalResult]:
+    """:func:`evaluate` for each of ``seeds``, their episodes stepped together: one :class:`EvalResult` per seed.
+
+    Each seed's episodes are its :func:`evaluation_stream_seeds`, as in ``evaluate(seed=s)``; the rounds of
+    ``num_envs`` sub-environments run over all seeds' episodes in order, so a benchmark's seeds share the
+    vector env's steps instead of stepping one single-env episode after another. A controller that decides
+    each sub-environment from its own observation (every heuristic, the oracle, a deterministic learned
+    policy) scores each seed as ``evaluate(seed=s)`` does; a random one draws other actions. With one seed
+    this *is* ``evaluate``. The run's step and reset time and stepped tokens are shared equally among the
+    seeds' results; ``record_accesses`` records the first seed's first episode. Arguments as :func:`evaluate`.
+    """
     from ahm.agents.rollout import rollout  # loads torch and the envs: not at import time
     from ahm.envs.vector_env import AHMMemoryVectorEnv
 
     controller = _controller(controller)
-    stream_seeds = evaluation_stream_seeds(seed, episodes)
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("evaluate_seeds: seeds must name at least one seed")
+    per_seed = [evaluation_stream_seeds(s, episodes) for s in seeds]
+    stream_seeds = [x for streams in per_seed for x in streams]
+    owner = [i for i, streams in enumerate(per_seed) for _ in streams]  # the seed index of each episode
     if isinstance(env_id_or_kwargs, AHMMemoryVectorEnv):
         if seq_len is not None or backbone is not None or env_kwargs:
             raise ValueError("evaluate: with a built AHMMemoryVectorEnv, leave seq_len, backbone and env arguments "
@@ -276,8 +298,9 @@ def evaluate(controller: Controller | str | Path | Any, env_id_or_kwargs: str | 
     else:
         if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
             raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
-        env = make_eval_env(env_id_or_kwargs, num_envs=min(num_envs, episodes), stream_seeds=stream_seeds,
-                            seq_len=seq_len, backbone=backbone, **env_kwargs)
+        env = make_eval_env(env_id_or_kwargs, num_envs=min(num_envs, len(stream_seeds)),
+                            stream_seeds=tuple(dict.fromkeys(stream_seeds)), seq_len=seq_len, backbone=backbone,
+                            **env_kwargs)
     config, n = env.config, env.num_envs
 
     reset_seconds = 0.0
@@ -288,9 +311,9 @@ def evaluate(controller: Controller | str | Path | Any, env_id_or_kwargs: str | 
     recorder = _AccessRecorder(config.wm_slots) if record_accesses else None
     step_seconds, step_tokens = 0.0, 0
     limit = env.episodes.n_chunks + 1  # an episode lasts at most n_chunks steps
-    for round_index, group in enumerate(_rounds(list(stream_seeds), n)):
-        # The round's reset seed (the auto-reset draws): a pure function of (seed, round), distinct per round.
-        round_seed = int(np.random.SeedSequence([int(seed), round_index]).generate_state(1)[0])
+    for round_index, group in enumerate(_rounds(stream_seeds, n)):
+        # The round's reset seed (the auto-reset draws): a pure function of (seeds, round), distinct per round.
+        round_seed = int(np.random.SeedSequence([*seeds, round_index]).generate_state(1)[0])
         pending = np.zeros(n, dtype=bool)
         pending[: min(n, len(stream_seeds) - round_index * n)] = True
         finished: dict[int, EpisodeResult] = {}
@@ -314,11 +337,14 @@ def evaluate(controller: Controller | str | Path | Any, env_id_or_kwargs: str | 
                                f"end within {limit} steps; the env's episodes should end after n_chunks steps")
         results.extend(finished[r] for r in sorted(finished))
 
-    return EvalResult(controller=str(getattr(controller, "name", type(controller).__name__)), task=config.task,
-                      seq_len=config.seq_len, chunk_size=config.chunk_size, seed=int(seed), episodes=tuple(results),
-                      step_seconds=step_seconds, reset_seconds=reset_seconds, step_tokens=step_tokens,
-                      chance_accuracy=_chance_accuracy(config),
-                      accesses=recorder.result() if recorder is not None else None)
+    share = 1 / len(seeds)
+    return [EvalResult(controller=str(getattr(controller, "name", type(controller).__name__)), task=config.task,
+                       seq_len=config.seq_len, chunk_size=config.chunk_size, seed=seed,
+                       episodes=tuple(e for e, o in zip(results, owner) if o == i), step_seconds=step_seconds * share,
+                       reset_seconds=reset_seconds * share, step_tokens=round(step_tokens * share),
+                       chance_accuracy=_chance_accuracy(config),
+                       accesses=recorder.result() if recorder is not None and i == 0 else None)
+            for i, seed in enumerate(seeds)]
 
 
 def _controller(spec: Any) -> Controller:

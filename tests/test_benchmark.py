@@ -23,7 +23,7 @@ from ahm.agents.benchmark import (
     run_benchmark,
     student_t_quantile,
 )
-from ahm.agents.evaluation import OP_NAMES, evaluate, evaluation_stream_seeds, make_eval_env
+from ahm.agents.evaluation import OP_NAMES, evaluate, evaluate_seeds, evaluation_stream_seeds, make_eval_env
 from ahm.benchmark import main
 from ahm.envs.memory_env import AHMMemoryEnv
 
@@ -102,6 +102,19 @@ def test_evaluate_is_deterministic_and_controllers_share_episodes():
     assert other.episodes[0].ops["drops"] > 0 and other.episodes[0].ops["moves_to_ltm"] == 0
     c = evaluate(write_and_read, "AHMMemory-MQAR-v0", episodes=2, num_envs=2, seed=4, **TINY)
     assert not {e.stream_seed for e in c.episodes} & {e.stream_seed for e in a.episodes}
+
+
+def test_seeds_stepped_together_score_as_each_seed_alone():
+    """evaluate_seeds over 3 seeds x 2 episodes in rounds of 4 sub-envs (one round mixes seeds, the last is padded)
+    gives each seed the episodes, in order, that evaluate(seed=s) gives it on one sub-env."""
+    together = evaluate_seeds(write_and_read, "AHMMemory-MQAR-v0", seeds=(3, 4, 5), episodes=2, num_envs=4, **TINY)
+    alone = [evaluate(write_and_read, "AHMMemory-MQAR-v0", episodes=2, num_envs=1, seed=s, **TINY) for s in (3, 4, 5)]
+    assert [r.seed for r in together] == [3, 4, 5]
+    assert [r.episodes for r in together] == [r.episodes for r in alone]
+    assert sum(e.correct for r in alone for e in r.episodes) > 0  # not 0 == 0
+    assert together[0].step_seconds == together[2].step_seconds > 0  # the run's time, shared equally
+    with pytest.raises(ValueError, match="at least one seed"):
+        evaluate_seeds(write_and_read, "AHMMemory-MQAR-v0", seeds=(), **TINY)
 
 
 def test_evaluate_on_a_built_env_reuses_it_and_matches():
@@ -435,10 +448,10 @@ def test_an_interrupted_benchmark_resumes_and_ends_as_an_uninterrupted_one(tmp_p
     lines = csv_path.read_text().splitlines(keepends=True)
     csv_path.write_text("".join(lines[:2]) + lines[2][:20])  # header, the first cell, a row cut short
     evaluated = []
-    real = bench.evaluate
-    monkeypatch.setattr(bench, "evaluate", lambda c, *a, **k: evaluated.append(c.name) or real(c, *a, **k))
+    real = bench.evaluate_seeds
+    monkeypatch.setattr(bench, "evaluate_seeds", lambda c, *a, **k: evaluated.append(c.name) or real(c, *a, **k))
     resumed = run(tmp_path / "part")
-    assert evaluated == ["write_all"] * 2 + ["none"] * 2 + ["write_all"] * 2  # 3 missing cells x 2 seeds
+    assert evaluated == ["write_all", "none", "write_all"]  # the 3 missing cells, each seed's episodes together
     assert table(csv_path) == table(tmp_path / "whole" / "benchmark.csv")
     strip = [{k: v for k, v in r.__dict__.items() if k not in bench.TIMING_COLUMNS} for r in resumed]
     assert strip == [{k: v for k, v in r.__dict__.items() if k not in bench.TIMING_COLUMNS} for r in whole]
@@ -447,7 +460,7 @@ def test_an_interrupted_benchmark_resumes_and_ends_as_an_uninterrupted_one(tmp_p
     assert evaluated == []
     run_benchmark(_quiet(tmp_path, tasks="AHMMemory-v0", controllers="none", seeds=2, resume=False,
                          out_dir=str(tmp_path / "part")), log=None)
-    assert evaluated == ["none"] * 2  # --no-resume evaluates again; the other cells' rows stay in the CSV
+    assert evaluated == ["none"]  # --no-resume evaluates again; the other cells' rows stay in the CSV
     assert len(table(csv_path)) == 4
 
 
@@ -455,13 +468,13 @@ def test_each_cell_is_in_the_csv_as_soon_as_it_finishes(tmp_path, monkeypatch):
     import ahm.agents.benchmark as bench
 
     seen = []
-    real = bench.evaluate
+    real = bench.evaluate_seeds
 
     def spy(controller, *args, **kwargs):
         seen.append(len((tmp_path / "out" / "benchmark.csv").read_text().splitlines()))
         return real(controller, *args, **kwargs)
 
-    monkeypatch.setattr(bench, "evaluate", spy)
+    monkeypatch.setattr(bench, "evaluate_seeds", spy)
     run_benchmark(_quiet(tmp_path, lengths="1024,2048", controllers="none"), log=None)
     assert seen == [1, 2]  # header; header + the first cell
 
