@@ -9,8 +9,8 @@ streaming mode: the sequence is fed in chunks with the recurrent state carried,
 generated on the fly, so memory stays constant whatever the length. The paper
 reports 100% for Mamba at every length up to 2^20.
 
-Trains for at most ``--minutes`` of wall-clock time, then prints the accuracy
-table. Not part of CI.
+Trains for at most ``--minutes`` of wall-clock time (or exactly ``--steps`` steps), then prints
+the accuracy table. Not part of CI.
 
     python benchmarks/mamba_induction_heads.py --minutes 30
 """
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from _common import markdown_table
+from _common import adamw, markdown_table
 
 from ahm.backbone import MambaConfig, MambaLM
 from ahm.cli import parse_config
@@ -40,6 +40,12 @@ class Args:
     lr: float = 2e-3
     minutes: float = 30.0
     """Training wall-clock budget."""
+    steps: int = 0
+    """Train exactly this many steps instead (0: the --minutes budget): equal budgets for an A/B."""
+    weight_decay: float = 0.1
+    decay_all: bool = False
+    """Weight decay on every parameter (A_log, D, biases and norms too), as this script did before it followed
+    the reference recipe (matrices only; ahm.backbone.optim): the A/B of that change."""
     test_log2_min: int = 8
     test_log2_max: int = 20
     test_tokens: int = 1 << 20
@@ -98,9 +104,9 @@ def main() -> None:
     g = torch.Generator().manual_seed(args.seed)
 
     lm = MambaLM(MambaConfig(vocab_size=args.vocab, d_model=args.d_model, n_layer=args.n_layer))
-    opt = torch.optim.AdamW(lm.parameters(), lr=args.lr, weight_decay=0.1, betas=(0.9, 0.95))
+    opt = adamw(lm, args.lr, args.weight_decay, args.decay_all)
     start, step, curve = time.perf_counter(), 0, []
-    while time.perf_counter() - start < args.minutes * 60:
+    while (step < args.steps) if args.steps else (time.perf_counter() - start < args.minutes * 60):
         for group in opt.param_groups:
             group["lr"] = args.lr * min(1.0, (step + 1) / 100)
         stream = InductionStream(args, args.batch, args.train_length, g)

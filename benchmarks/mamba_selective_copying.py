@@ -7,10 +7,16 @@ the data tokens in order. Accuracy is per output token; chance is 1 / (vocab - 2
 The paper's setting (length 4096, vocabulary 16, 16 data tokens, 2 layers, width 64)
 is the default; the paper reports 99.8% for Mamba (S6).
 
-Trains for at most ``--minutes`` of wall-clock time, then evaluates on held-out
-sequences and prints a markdown table. Not part of CI.
+Trains for at most ``--minutes`` of wall-clock time (or exactly ``--steps`` steps), then
+evaluates on held-out sequences and prints a markdown table. Not part of CI.
 
     python benchmarks/mamba_selective_copying.py --minutes 30
+
+``--model hf`` trains Hugging Face's ``MambaForCausalLM`` (its CPU path; ``transformers``, the
+``parity`` extra) of the same sizes on the same batches with the same optimizer: an independent
+implementation to tell the budget from the model. ``--decay-all`` puts weight decay on every
+parameter (``A_log``, ``D``, biases and norms too), as this script did before it followed the
+reference recipe (``ahm.backbone.optim``): the A/B of that change.
 """
 
 from __future__ import annotations
@@ -22,10 +28,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from _common import markdown_table
+from _common import adamw, markdown_table
 
-from ahm.backbone import MambaConfig, MambaLM
+from ahm.backbone import MambaConfig, MambaLM, mark_no_weight_decay
 from ahm.cli import parse_config
+
+MODELS = ("ahm", "hf")
 
 
 @dataclass
@@ -42,6 +50,18 @@ class Args:
     lr: float = 2e-3
     minutes: float = 30.0
     """Training wall-clock budget."""
+    steps: int = 0
+    """Train exactly this many steps instead (0: the --minutes budget): equal budgets for an A/B."""
+    model: str = "ahm"
+    """``ahm`` (this library's MambaLM) or ``hf`` (transformers' MambaForCausalLM, same sizes)."""
+    init: str = "ahm"
+    """``--model ahm``'s initial weights: ``ahm`` (MambaLM's own, mamba_ssm's recipe) or ``hf`` (those
+    transformers' MambaForCausalLM draws with the same seed, copied in: the A/B of init against implementation)."""
+    embedding_init: float = 0.02
+    """Std of the embedding's init for ``--model ahm --init ahm`` (MambaLM's 0.02, as mamba_ssm; HF draws 0.1)."""
+    weight_decay: float = 0.1
+    decay_all: bool = False
+    """Weight decay on every parameter (the recipe before ahm.backbone.optim), not matrices only."""
     eval_sequences: int = 256
     curriculum: bool = False
     """Train on short regions first (256, doubling whenever accuracy at the current length
@@ -65,13 +85,36 @@ def make_batch(args: Args, batch: int, g: torch.Generator, length: int = 0) -> t
     return tokens, data
 
 
-def output_logits(lm: MambaLM, tokens: torch.Tensor, k: int) -> torch.Tensor:
-    logits, _ = lm(tokens)
+def build_model(args: Args) -> torch.nn.Module:
+    """The model ``--model`` names, with the paper's sizes."""
+    if args.model == "ahm" and args.init == "ahm":
+        lm = MambaLM(MambaConfig(vocab_size=args.vocab, d_model=args.d_model, n_layer=args.n_layer))
+        if args.embedding_init != 0.02:  # the default keeps torch's generator stream (and every earlier run) as it was
+            with torch.no_grad():
+                lm.backbone.embedding.weight.normal_(0.0, args.embedding_init)
+        return lm
+    from transformers import MambaConfig as HFMambaConfig
+    from transformers import MambaForCausalLM
+
+    hf = MambaForCausalLM(HFMambaConfig(vocab_size=args.vocab, hidden_size=args.d_model, num_hidden_layers=args.n_layer,
+                                        state_size=16, expand=2, conv_kernel=4, use_cache=False,
+                                        use_mambapy=True))  # mambapy's parallel scan, not a token loop
+    if args.model == "ahm":  # --init hf: the same model, HF's initial weights
+        lm = MambaLM(MambaConfig(vocab_size=args.vocab, d_model=args.d_model, n_layer=args.n_layer))
+        lm.load_state_dict({k.replace("embeddings", "embedding"): v for k, v in hf.state_dict().items()})
+        return lm
+    for layer in hf.backbone.layers:
+        mark_no_weight_decay(layer.mixer.A_log, layer.mixer.D)  # as mamba_ssm marks them
+    return hf
+
+
+def output_logits(lm: torch.nn.Module, tokens: torch.Tensor, k: int) -> torch.Tensor:
+    logits = lm(tokens)[0] if isinstance(lm, MambaLM) else lm(input_ids=tokens, use_cache=False).logits
     return logits[:, -k:]  # (b, k, vocab): predictions at the markers
 
 
 @torch.no_grad()
-def evaluate(lm: MambaLM, args: Args, n: int, seed: int, length: int = 0) -> float:
+def evaluate(lm: torch.nn.Module, args: Args, n: int, seed: int, length: int = 0) -> float:
     g = torch.Generator().manual_seed(seed)
     correct = total = 0
     for start in range(0, n, args.batch):
@@ -84,18 +127,20 @@ def evaluate(lm: MambaLM, args: Args, n: int, seed: int, length: int = 0) -> flo
 
 def main() -> None:
     args = parse_config(Args, description=__doc__)
+    if args.model not in MODELS or args.init not in MODELS:
+        raise SystemExit(f"--model and --init must be one of {MODELS}, got {args.model!r} and {args.init!r}")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     g = torch.Generator().manual_seed(args.seed)
 
-    lm = MambaLM(MambaConfig(vocab_size=args.vocab, d_model=args.d_model, n_layer=args.n_layer))
-    opt = torch.optim.AdamW(lm.parameters(), lr=args.lr, weight_decay=0.1, betas=(0.9, 0.95))
+    lm = build_model(args)
+    opt = adamw(lm, args.lr, args.weight_decay, args.decay_all)
     budget = args.minutes * 60
     start = time.perf_counter()
     step, curve, tokens_seen = 0, [], 0
     length = min(256, args.length) if args.curriculum else args.length
-    while time.perf_counter() - start < budget:
+    while (step < args.steps) if args.steps else (time.perf_counter() - start < budget):
         # Linear warm-up over 100 steps, then constant: the run length is unknown in steps.
         for group in opt.param_groups:
             group["lr"] = args.lr * min(1.0, (step + 1) / 100)
@@ -135,9 +180,12 @@ def main() -> None:
     print()
     print(
         markdown_table(
-            ["task", "length", "curriculum", "steps", "train time (s)", "train tokens", "accuracy", "chance", "paper"],
+            ["task", "model", "init", "weight decay", "length", "curriculum", "steps", "train time (s)", "train tokens",
+             "accuracy", "chance", "paper"],
             [[
-                "selective copying", args.length, f"256 -> {length}" if args.curriculum else "no", step,
+                "selective copying", args.model, args.init if args.model == "ahm" else "hf",
+                "all parameters" if args.decay_all else "matrices",
+                args.length, f"256 -> {length}" if args.curriculum else "no", step,
                 result["train_seconds"], result["train_tokens"], f"{acc:.4f}", f"{result['chance']:.4f}", "0.998",
             ]],
         )

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import doctest
 import math
-import os
-import sys
 from dataclasses import replace
 
 import pytest
 import torch
 import torch.nn.functional as F
+from hf_reference import import_transformers
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -240,21 +239,7 @@ def test_window_attention_matches_dense_reference(window, kv_heads):
 
 
 def _import_hf_jamba():
-    """transformers' Jamba. transformers >= 5 imports the PyPI package ``kernels``, which the repository's own
-    top-level ``kernels/`` folder shadows when the repository root is on sys.path (``python -m pytest`` from
-    the root): import it with the root left off."""
-    pytest.importorskip("transformers")
-    root = os.path.dirname(os.path.abspath(ahm.__file__))
-    saved = sys.path[:]
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != root]
-    try:
-        from transformers import JambaConfig as HFJambaConfig
-        from transformers import JambaForCausalLM
-    except ImportError as err:
-        pytest.skip(f"transformers' Jamba cannot be imported here: {err}")
-    finally:
-        sys.path[:] = saved
-    return HFJambaConfig, JambaForCausalLM
+    return import_transformers("JambaConfig", "JambaForCausalLM")
 
 
 def _hf_to_ours(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

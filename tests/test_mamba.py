@@ -6,6 +6,7 @@ import doctest
 
 import pytest
 import torch
+from hf_reference import import_transformers
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -191,3 +192,34 @@ def test_depthwise_conv_equals_torch_conv1d():
     g2 = torch.autograd.grad((theirs * w).sum(), [x_full, mixer.conv1d.weight])
     for a, b in zip(g1, g2):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_mamba_lm_matches_hugging_face_transformers():
+    """With Hugging Face's MambaForCausalLM weights (norms and biases moved off their init), MambaLM gives its
+    logits and gradients, in one call and streamed in pieces: an independent implementation of the same model."""
+    HFConfig, MambaForCausalLM = import_transformers("MambaConfig", "MambaForCausalLM")
+    torch.manual_seed(0)
+    hf = MambaForCausalLM(HFConfig(vocab_size=16, hidden_size=16, num_hidden_layers=2, state_size=4, expand=2,
+                                   conv_kernel=4, use_cache=False, layer_norm_epsilon=1e-5)).eval()
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if "norm" in name or name.endswith("bias") or name.endswith(".D"):
+                p.add_(0.3 * torch.randn_like(p))
+    ours = make_lm(MambaConfig(vocab_size=16, d_model=16, n_layer=2, d_state=4, d_conv=4))  # HF's scan is float32
+    ours.load_state_dict({k.replace("embeddings", "embedding"): v for k, v in hf.state_dict().items()}, strict=True)
+    tokens = torch.randint(0, 16, (2, 40))
+    expected = hf(input_ids=tokens).logits
+    logits, _ = ours(tokens)
+    torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-5)
+    state, pieces = ours.init_state(2), []
+    for start, end in ((0, 7), (7, 8), (8, 40)):
+        out, state = ours(tokens[:, start:end], state)
+        pieces.append(out)
+    torch.testing.assert_close(torch.cat(pieces, 1), expected, rtol=1e-4, atol=1e-5)
+    w = torch.randn_like(expected)
+    hf_leaves = [hf.backbone.layers[0].mixer.A_log, hf.backbone.embeddings.weight]
+    theirs = torch.autograd.grad((expected * w).sum(), hf_leaves)
+    our_leaves = [ours.backbone.layers[0].mixer.A_log, ours.backbone.embedding.weight]
+    mine = torch.autograd.grad((logits * w).sum(), our_leaves)
+    for a, b in zip(mine, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
