@@ -87,8 +87,9 @@ def make_batch(args: Args, batch: int, g: torch.Generator, length: int = 0) -> t
 
 def build_model(args: Args) -> torch.nn.Module:
     """The model ``--model`` names, with the paper's sizes."""
+    config = MambaConfig(vocab_size=args.vocab, d_model=args.d_model, n_layer=args.n_layer)
     if args.model == "ahm" and args.init == "ahm":
-        lm = MambaLM(MambaConfig(vocab_size=args.vocab, d_model=args.d_model, n_layer=args.n_layer))
+        lm = MambaLM(config)
         if args.embedding_init != 0.02:  # the default keeps torch's generator stream (and every earlier run) as it was
             with torch.no_grad():
                 lm.backbone.embedding.weight.normal_(0.0, args.embedding_init)
@@ -99,8 +100,8 @@ def build_model(args: Args) -> torch.nn.Module:
     hf = MambaForCausalLM(HFMambaConfig(vocab_size=args.vocab, hidden_size=args.d_model, num_hidden_layers=args.n_layer,
                                         state_size=16, expand=2, conv_kernel=4, use_cache=False,
                                         use_mambapy=True))  # mambapy's parallel scan, not a token loop
-    if args.model == "ahm":  # --init hf: the same model, HF's initial weights
-        lm = MambaLM(MambaConfig(vocab_size=args.vocab, d_model=args.d_model, n_layer=args.n_layer))
+    if args.model == "ahm":  # --init hf: the same model, HF's initial weights (drawn first, as --model hf does)
+        lm = MambaLM(config)
         lm.load_state_dict({k.replace("embeddings", "embedding"): v for k, v in hf.state_dict().items()})
         return lm
     for layer in hf.backbone.layers:

@@ -224,6 +224,13 @@ def _decay_steps(batch: int, dim: int, d_state: int) -> int:
     return max(MIN_DECAY_STEPS, DECAY_BLOCK_ELEMENTS // max(1, batch * dim * d_state))
 
 
+def _decays(delta: Tensor, A: Tensor, start: int, stop: int, buffer: Tensor) -> Tensor:
+    """(b, d, stop - start, n) = exp(delta_t A) of steps ``start .. stop``, written into ``buffer`` (reused)."""
+    decay = buffer[:, :, : stop - start]
+    torch.mul(delta.detach()[:, :, start:stop, None], A.detach()[:, None, :], out=decay)
+    return decay.exp_()
+
+
 def _np(t: Tensor) -> np.ndarray:
     return t.detach().contiguous().numpy()
 
@@ -239,15 +246,12 @@ def _forward(u, delta, A, B, C, h0, keep_checkpoints: bool):
     checkpoints = u.new_empty(batch, dim, n_seg, d_state)
     steps = _decay_steps(batch, dim, d_state)
     kernel = _forward_kernel_serial if _forked else _forward_kernel
-    delta, A = delta.detach(), A.detach()
     un, dn, Bn, Cn, hn, yn, cn = (_np(t) for t in (u, delta, Bt, Ct, h, y, checkpoints))
     buffer = u.new_empty(batch, dim, min(steps, length), d_state)  # reused: a fresh block per call page-faulted
     with _threads_for(batch * dim * length * d_state):
         for start in range(0, length, steps):
             block = min(steps, length - start)
-            decay = buffer[:, :, :block]  # (b, d, steps, n) = exp(delta_t A)
-            torch.mul(delta[:, :, start : start + block, None], A[:, None, :], out=decay)
-            decay.exp_()
+            decay = _decays(delta, A, start, start + block, buffer)
             kernel(un, dn, _np(decay), Bn, Cn, hn, yn, cn, CHECKPOINT_EVERY, start)
     return y, h, checkpoints, Bt, Ct
 
@@ -289,9 +293,7 @@ class _CpuScan(torch.autograd.Function):
         grads = [t.numpy() for t in (grad_u, grad_delta, grad_A_part, grad_B_part, grad_C_part)]
         for first in range(((n_seg - 1) // segs) * segs, -1, -segs):  # blocks of segments, newest first
             start, stop = first * CHECKPOINT_EVERY, min((first + segs) * CHECKPOINT_EVERY, length)
-            decay = buffer[:, :, : stop - start]
-            torch.mul(delta.detach()[:, :, start:stop, None], A.detach()[:, None, :], out=decay)
-            decay.exp_()
+            decay = _decays(delta, A, start, stop, buffer)
             kernel(*arrays, CHECKPOINT_EVERY, grad_y.numpy(), adj.numpy(), _np(decay), first, *grads)
         grad_h0 = adj
         grad_B = grad_B_part.sum(0).transpose(2, 3)  # (b, g, n, l)

@@ -131,8 +131,9 @@ class WindowLoss(nn.Module):
         ask_loss = torch.zeros(())
         if ask_logits:
             labels = ask_targets[:, : len(ask_logits)]
-            if bool((labels >= 0).any()):
-                ask_loss = F.cross_entropy(torch.stack(ask_logits, 1)[labels >= 0], labels[labels >= 0])
+            labelled = labels >= 0
+            if bool(labelled.any()):
+                ask_loss = F.cross_entropy(torch.stack(ask_logits, 1)[labelled], labels[labelled])
                 loss = loss + self.ask_weight * ask_loss
         if not loss.requires_grad:  # no term in this window (no answer, no LM loss): a zero that keeps the graph,
             loss = loss + 0.0 * sum(p.sum() for p in model.parameters())  # so backward (and DDP) still run
