@@ -360,3 +360,21 @@ def test_cpu_backend_leaves_torch_thread_count_alone():
             assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_cpu_backend_runs_on_torchs_thread_count():
+    """--threads N sets torch's count; the numba kernels follow it (they once took every core regardless)."""
+    numba = pytest.importorskip("numba")
+    from ahm.kernels import scan_cpu
+
+    before, pool = torch.get_num_threads(), numba.get_num_threads()
+    try:
+        for asked in sorted({1, min(2, pool)}):
+            torch.set_num_threads(asked)
+            with scan_cpu._threads_for(scan_cpu.PARALLEL_MIN_WORK) as threads:
+                assert threads == asked and numba.get_num_threads() == asked
+            assert numba.get_num_threads() == pool and torch.get_num_threads() == asked
+            with scan_cpu._threads_for(scan_cpu.PARALLEL_MIN_WORK - 1) as threads:  # small work: one thread
+                assert threads == 1
+    finally:
+        torch.set_num_threads(before)
