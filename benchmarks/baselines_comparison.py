@@ -18,10 +18,11 @@ Baselines train with :func:`ahm.training.sequence_lm.train_sequence_model` and a
 
 Cost, on the text-trained model: inference tokens/s and peak memory while streaming one sequence of
 each ``--cost-lengths`` (16K, 64K, 1M) random bytes chunk by chunk (``--chunk-size`` tokens per call,
-state carried, no gradient). Peak memory is the growth of the process's peak resident set size
-(``VmHWM``, reset through ``/proc/self/clear_refs`` before each cell; Linux) over its RSS before the
-cell: what the pass allocated on top of the weights (psutil's RSS where VmHWM cannot be reset). Training
-tokens/s is the text run's.
+state carried, no gradient). Each cell runs in a fresh process that loads the model: in the training
+process, memory freed by training stays resident and is reused, so its peak would not grow. Peak memory is
+the growth of that process's peak resident set size (``VmHWM``, reset through ``/proc/self/clear_refs``;
+Linux) over its RSS after one warm-up chunk: what the pass allocated on top of the weights and the
+libraries (psutil's RSS where VmHWM cannot be reset). Training tokens/s is the text run's.
 
 A cell (one accuracy or one cost measurement) that runs past ``--cell-seconds`` reads ``timeout``, and so
 do that model's longer lengths (a run is also skipped when the time of the previous length, scaled by the
@@ -117,6 +118,9 @@ class ComparisonConfig:
     """torch threads (0: torch's default)."""
     smoke: bool = False
     """Tiny budgets (seconds per model): checks the whole pipeline end to end; the numbers mean nothing."""
+    merge: tuple[str, ...] = ()
+    """Train nothing: join the baselines.csv of these --out folders (runs split across processes) into one
+    report and plots in --out (the other options name the tasks, lengths and contexts to show)."""
 
     def __post_init__(self) -> None:
         from ahm.training.config import int_tuple, str_tuple
@@ -130,6 +134,10 @@ class ComparisonConfig:
         self.lengths = int_tuple(self.lengths, "lengths")
         self.contexts = int_tuple(self.contexts, "contexts", minimum=0)
         self.cost_lengths = int_tuple(self.cost_lengths, "cost-lengths")
+        self.merge = str_tuple(self.merge)
+        for folder in self.merge:
+            if not (Path(folder) / "baselines.csv").is_file():
+                raise AHMConfigError(f"--merge: {folder} has no baselines.csv")
         if self.smoke:  # seconds per model: every stage runs, on toy sizes
             self.sizes, self.train_minutes, self.train_tokens = ("5K",), 0.05, 2 * 128 * 3
             self.train_lengths, self.lengths, self.contexts = (256,), (256, 512), (128, 0)
@@ -276,46 +284,99 @@ def _peak_rss_bytes() -> int:
     return psutil.Process().memory_info().rss
 
 
-def measure_cost(cfg: ComparisonConfig, entry: Entry, model: nn.Module) -> None:
-    """Inference tokens/s, peak memory and state size while streaming random bytes (module doc)."""
-    rng = np.random.default_rng(cfg.seed)
+def _cost_cell(model_path: str, is_ahm: bool, controller: str, length: int, chunk: int, seed: int, limit: float,
+               threads: int, conn: Any) -> None:
+    """One cost cell in a fresh process (spawned by :func:`measure_cost`); sends its result through ``conn``.
 
-    def measure(length: int, deadline: float) -> tuple[float, int, int | str]:
-        doc = rng.integers(0, 256, size=length + 1, dtype=np.uint8)
-        if entry.model != "ahm":  # one chunk first: the first call's one-off costs are not the model's
-            with torch.no_grad():
-                model(torch.as_tensor(doc[None, : cfg.chunk_size].astype(np.int64)), model.init_state(1))
-        rss_before = psutil.Process().memory_info().rss
-        exact = _reset_peak_rss()
-        start = time.perf_counter()
+    A fresh process: memory that the parent freed (training, earlier cells) stays resident there and would be
+    reused, so the parent's peak RSS would not grow. Sends ``(tokens/s, peak growth bytes, state bytes)``,
+    ``TIMEOUT`` or ``("error", traceback)``.
+    """
+    import traceback
+
+    try:
+        torch.set_num_threads(threads or torch.get_num_threads())
+        model = torch.load(model_path, weights_only=False)
+        doc = np.random.default_rng(seed).integers(0, 256, size=length + 1, dtype=np.uint8)
+        tokens = torch.as_tensor(doc[None, :length].astype(np.int64))
         with torch.no_grad():
-            if entry.model == "ahm":
-                text_bits_per_byte(model, [doc], 0, make_controller(cfg.ahm_controller), length)
+            # one chunk first: the first call's one-off costs (kernels compiled, libraries loaded) are not the
+            # model's, in time or in memory
+            if is_ahm:
+                text_bits_per_byte(model, [doc[: chunk + 1]], 0, make_controller(controller), chunk)
+            else:
+                model(tokens[:, :chunk], model.init_state(1))
+            rss_before = psutil.Process().memory_info().rss
+            exact = _reset_peak_rss()
+            start = time.perf_counter()
+            if is_ahm:
+                text_bits_per_byte(model, [doc], 0, make_controller(controller), length)
                 state_bytes: int | str = ""
             else:
-                tokens = torch.as_tensor(doc[None, :length].astype(np.int64))
                 state = model.init_state(1)
-                for s in range(0, length, cfg.chunk_size):
-                    _, state = model(tokens[:, s : s + cfg.chunk_size], state)
-                    if time.perf_counter() > deadline:
-                        raise TimeoutError
+                for s in range(0, length, chunk):
+                    _, state = model(tokens[:, s : s + chunk], state)
+                    if time.perf_counter() - start > limit:
+                        conn.send(TIMEOUT)
+                        return
                 state_bytes = state_nbytes(state)
-        seconds = time.perf_counter() - start
+            seconds = time.perf_counter() - start
         peak = _peak_rss_bytes() if exact else psutil.Process().memory_info().rss
-        return length / seconds, max(0, peak - rss_before), state_bytes
+        conn.send((length / seconds, max(0, peak - rss_before), state_bytes))
+    except BaseException:  # noqa: BLE001 - reported to the parent, which raises it
+        conn.send(("error", traceback.format_exc()))
 
-    def record(length: int, value: Any) -> None:
-        if value == TIMEOUT:
-            for metric in ("inference_seconds", "inference_tokens_per_s", "peak_memory_mib", "state_kib"):
-                entry.add(metric, TIMEOUT, "", length)
-            return
-        speed, peak, state_bytes = value
-        entry.add("inference_seconds", round(length / speed, 3), "", length)
-        entry.add("inference_tokens_per_s", round(speed), "", length)
-        entry.add("peak_memory_mib", round(peak / 2**20, 2), "", length)
-        entry.add("state_kib", round(state_bytes / 1024, 2) if state_bytes != "" else "", "", length)
 
-    _lengths_with_timeouts(cfg.cost_lengths, cfg.cell_seconds, measure, record)
+def measure_cost(cfg: ComparisonConfig, entry: Entry, model: nn.Module) -> None:
+    """Inference tokens/s, peak memory and state size while streaming random bytes (module doc).
+
+    Each cell runs in a fresh process (:func:`_cost_cell`) that loads the trained model from a file.
+    """
+    import multiprocessing as mp
+    import tempfile
+
+    ctx = mp.get_context("spawn")
+    with tempfile.TemporaryDirectory() as tmp:
+        model_path = str(Path(tmp) / "model.pt")
+        torch.save(model, model_path)
+
+        def measure(length: int, deadline: float) -> tuple[float, int, int | str]:
+            receive, send = ctx.Pipe(duplex=False)
+            child = ctx.Process(target=_cost_cell, args=(model_path, entry.model == "ahm", cfg.ahm_controller,
+                                                         length, cfg.chunk_size, cfg.seed, cfg.cell_seconds,
+                                                         cfg.threads, send))
+            child.start()
+            send.close()
+            try:
+                # the child's own clock stops a baseline at the limit; the AHM pass is stopped from here
+                if not receive.poll(max(1.0, deadline - time.perf_counter()) + 60.0):
+                    raise TimeoutError
+                value = receive.recv()
+            except EOFError:
+                raise RuntimeError(f"{entry.label}: the cost cell at {length} tokens died "
+                                   f"(exit code {child.exitcode})") from None
+            finally:
+                if child.is_alive():
+                    child.kill()
+                child.join()
+            if value == TIMEOUT:
+                raise TimeoutError
+            if value[0] == "error":
+                raise RuntimeError(f"{entry.label}: the cost cell at {length} tokens failed:\n{value[1]}")
+            return value
+
+        def record(length: int, value: Any) -> None:
+            if value == TIMEOUT:
+                for metric in ("inference_seconds", "inference_tokens_per_s", "peak_memory_mib", "state_kib"):
+                    entry.add(metric, TIMEOUT, "", length)
+                return
+            speed, peak, state_bytes = value
+            entry.add("inference_seconds", round(length / speed, 3), "", length)
+            entry.add("inference_tokens_per_s", round(speed), "", length)
+            entry.add("peak_memory_mib", round(peak / 2**20, 2), "", length)
+            entry.add("state_kib", round(state_bytes / 1024, 2) if state_bytes != "" else "", "", length)
+
+        _lengths_with_timeouts(cfg.cost_lengths, cfg.cell_seconds, measure, record)
 
 
 # ====================================================================== report
@@ -351,6 +412,24 @@ def write_csv(entries: list[Entry], path: Path) -> None:
         writer.writeheader()
         for e in entries:
             writer.writerows(e.rows)
+
+
+def read_csv(path: Path) -> list[Entry]:
+    """The entries :func:`write_csv` wrote, numbers parsed back."""
+    def parse(value: str) -> Any:
+        for kind in (int, float):
+            try:
+                return kind(value)
+            except ValueError:
+                pass
+        return value
+
+    entries: dict[tuple[str, str], Entry] = {}
+    with path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            entry = entries.setdefault((row["model"], row["size"]), Entry(row["model"], row["size"]))
+            entry.add(row["metric"], parse(row["value"]), row["task"], parse(row["length"]))
+    return list(entries.values())
 
 
 def write_plots(cfg: ComparisonConfig, entries: list[Entry], out: Path) -> list[Path]:
@@ -395,6 +474,8 @@ def write_plots(cfg: ComparisonConfig, entries: list[Entry], out: Path) -> list[
 # ====================================================================== main
 def run(cfg: ComparisonConfig, log: Callable[[str], None] = print) -> list[Entry]:
     """Train, measure and report every (model, size) of ``cfg``; returns the entries."""
+    if cfg.merge:
+        return publish(cfg, [e for folder in cfg.merge for e in read_csv(Path(folder) / "baselines.csv")], log)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     for model in cfg.models:  # every configuration is checked before the first (long) run
@@ -416,6 +497,13 @@ def run(cfg: ComparisonConfig, log: Callable[[str], None] = print) -> list[Entry
             measure_bits_per_byte(cfg, entry, trained["text"][0], corpus)
             measure_cost(cfg, entry, trained["text"][0])
             entries.append(entry)
+    return publish(cfg, entries, log)
+
+
+def publish(cfg: ComparisonConfig, entries: list[Entry], log: Callable[[str], None]) -> list[Entry]:
+    """Print the tables; write them, the CSV and the plots to ``--out``."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
     table = report(cfg, entries)
     log(table)
     (out / "baselines.md").write_text(table)

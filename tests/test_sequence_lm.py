@@ -205,3 +205,12 @@ def test_the_comparison_benchmark_smoke_run(tmp_path):
     for name in ("accuracy_passkey.png", "accuracy_copy.png", "cost.png", "baselines.md"):
         assert (tmp_path / name).stat().st_size > 0
     assert "| mamba | 5K |" in r.stdout
+    # runs split across processes join into one report: the same tables as the run that wrote them
+    merged = subprocess.run([sys.executable, str(REPO / "benchmarks" / "baselines_comparison.py"), "--smoke",
+                             "--merge", str(tmp_path), "--out", str(tmp_path / "merged")], capture_output=True,
+                            text=True, timeout=300)
+    assert merged.returncode == 0, merged.stderr[-3000:]
+    assert (tmp_path / "merged" / "baselines.md").read_text() == (tmp_path / "baselines.md").read_text()
+    bad = subprocess.run([sys.executable, str(REPO / "benchmarks" / "baselines_comparison.py"), "--merge",
+                          str(tmp_path / "nowhere")], capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "--merge:" in bad.stderr and "has no baselines.csv" in bad.stderr
