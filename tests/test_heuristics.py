@@ -341,22 +341,46 @@ def test_dedupe_skips_chunks_similar_to_what_it_wrote():
         DedupeController(threshold=1.5)
 
 
+def key_update_observation(row1_ltm_key_similarity: float) -> dict[str, np.ndarray]:
+    """Two rows: row 0's chunk key matches WM slot 1 and the LTM; row 1's key matches no WM slot."""
+    return {"wm_occupied": np.array([[1, 1, 1], [1, 1, 0]], dtype=np.float32),
+            "wm_age": np.array([[0.3, 0.1, 0.2], [0.5, 0.1, 0.0]], dtype=np.float32),
+            "wm_similarity": np.array([[0.5, 0.2, 0.1], [0.9, 0.0, 0.0]], dtype=np.float32),
+            "wm_key_similarity": np.array([[0.2, 0.95, 0.3], [0.5, 0.8, 0.0]], dtype=np.float32),
+            "ltm_fill": np.array([[0.1], [0.1]], dtype=np.float32),
+            "ltm_topk_similarity": np.array([[0.8, 0.1], [0.3, 0.2]], dtype=np.float32),
+            "ltm_key_similarity": np.array([[0.97], [row1_ltm_key_similarity]], dtype=np.float32)}
+
+
 def test_update_replaces_what_the_key_re_assigns_and_reads_the_level_that_matches():
     """Row 0: slot 1 holds the chunk's key -> overwrite it, dropping the old entry; the LTM matches too -> forget
     its nearest entry; the LTM's best query match (0.8) beats the WM's (0.5) -> read the LTM only. Row 1: nothing
     matches the key -> write_all's write (the free slot 2, evict), no forget; the WM matches the query -> read it."""
-    obs = {"wm_occupied": np.array([[1, 1, 1], [1, 1, 0]], dtype=np.float32),
-           "wm_age": np.array([[0.3, 0.1, 0.2], [0.5, 0.1, 0.0]], dtype=np.float32),
-           "wm_similarity": np.array([[0.5, 0.2, 0.1], [0.9, 0.0, 0.0]], dtype=np.float32),
-           "wm_key_similarity": np.array([[0.2, 0.95, 0.3], [0.5, 0.8, 0.0]], dtype=np.float32),
-           "ltm_fill": np.array([[0.1], [0.1]], dtype=np.float32),
-           "ltm_topk_similarity": np.array([[0.8, 0.1], [0.3, 0.2]], dtype=np.float32),
-           "ltm_key_similarity": np.array([[0.97], [0.6]], dtype=np.float32)}
+    obs = key_update_observation(0.6)
     a = UpdateController().act(obs)
     assert a.tolist() == [[2, 0, 2, 0, 3], [3, 1, 1, 0, 0]]
     assert UpdateController(threshold=0.99).act(obs)[0].tolist() == [1, 1, 2, 0, 0]  # oldest slot 0, no forget
     with pytest.raises(ValueError, match="cosine"):
         UpdateController(threshold=2.0)
+
+
+def test_the_keep_gated_rule_acts_as_update_only_where_the_keep_head_says_keep():
+    """benchmarks/keep_gated_rule.py's diagnostic: update's action where keep_score > t; elsewhere no write, no
+    eviction, no LTM forget, but the same read."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "keep_gated_rule.py"
+    spec = importlib.util.spec_from_file_location("keep_gated_rule", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    obs = key_update_observation(0.97)
+    update = UpdateController().act(obs)
+    assert update.tolist() == [[2, 0, 2, 0, 3], [3, 1, 1, 0, 3]]
+    gated = module.KeepGatedUpdate(0.1).act({**obs, "keep_score": np.array([[0.9], [0.05]], dtype=np.float32)})
+    assert gated.tolist() == [[2, 0, 2, 0, 3], [0, 0, 1, 0, 0]]
+    with pytest.raises(ValueError, match="keep_score"):
+        module.KeepGatedUpdate(0.1).act(obs)
 
 
 @pytest.mark.parametrize("env_id", ["AHMMemory-v0", "AHMMemory-MQAR-v0", "AHMMemory-Forget-v0", "AHMMemory-Decoy-v0",
