@@ -114,7 +114,7 @@ def _threads_for(work: int) -> Iterator[int]:
         return
     torch_threads = torch.get_num_threads()
     previous = numba.get_num_threads()
-    threads = max(1, min(previous, torch_threads)) if work >= PARALLEL_MIN_WORK else 1
+    threads = min(previous, torch_threads) if work >= PARALLEL_MIN_WORK else 1
     numba.set_num_threads(threads)
     try:
         yield threads
