@@ -48,7 +48,7 @@ from torch import Tensor, nn
 
 from ahm.agents.controller_checkpoint import read_mlp_policy, save_mlp_policy
 from ahm.agents.evaluation import prepare_features
-from ahm.agents.policies import FORGET_COMPONENTS, set_noop_bias
+from ahm.agents.policies import FORGET_COMPONENTS, WRITE_COMPONENT, set_noop_bias
 from ahm.agents.sb3_controllers import TorchPolicyController
 from ahm.backbone.errors import NonFiniteError
 from ahm.envs.spaces import ActionLayout, observation_keys
@@ -91,6 +91,10 @@ class FastPPOConfig:
     """Initial probability of "forget nothing" in the two forget components (WM slot, LTM entries), set through the
     actor head's bias; a uniform start forgets a WM slot at 8 steps in 9 and LTM entries at 3 in 4, so almost no
     early episode keeps a fact long enough to be rewarded for it. 0: the uniform start. Training moves it freely."""
+    write_prior: float = 0.0
+    """Initial probability of "write nothing" in the write component, set the same way. The uniform start writes at
+    K steps in K + 1, so skipping a chunk, the choice that keeps a memory that binds for the facts, is rarely tried
+    (on ForgetBind a policy started uniform learned to write every chunk). 0: the uniform start."""
     seed: int = 0
     """Seeds torch, the sampling and sub-env i (seed + i)."""
 
@@ -113,8 +117,9 @@ class FastPPOConfig:
         self.net_arch = tuple(int(w) for w in self.net_arch)
         if not self.net_arch or min(self.net_arch) < 1:
             raise ValueError(f"FastPPOConfig.net_arch must be positive widths, got {self.net_arch!r}")
-        if not 0.0 <= self.forget_prior < 1.0:
-            raise ValueError(f"FastPPOConfig.forget_prior must be in [0, 1), got {self.forget_prior!r}")
+        for name in ("forget_prior", "write_prior"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"FastPPOConfig.{name} must be in [0, 1), got {getattr(self, name)!r}")
         if "num_envs" in self.env_kwargs:
             raise ValueError("set num_envs on the config, not in env_kwargs")
 
@@ -250,6 +255,8 @@ class FastPPO:
             policy = ActorCritic(widths, self.layout.nvec.tolist(), c.net_arch)
             if c.forget_prior:
                 policy.set_noop_prior(FORGET_COMPONENTS, c.forget_prior)
+            if c.write_prior:
+                policy.set_noop_prior((WRITE_COMPONENT,), c.write_prior)
         self.policy = policy
         if self.policy.widths != widths or self.policy.nvec != self.layout.nvec.tolist():
             raise ValueError(f"the policy was made for observations {self.policy.widths} and nvec {self.policy.nvec}; "

@@ -51,7 +51,7 @@ from ahm.agents.imitation import (
     imitate,
     target_accuracy,
 )
-from ahm.agents.policies import FORGET_COMPONENTS, set_noop_bias, slot_policy_kwargs, wire_slot_scores
+from ahm.agents.policies import FORGET_COMPONENTS, WRITE_COMPONENT, set_noop_bias, slot_policy_kwargs, wire_slot_scores
 from ahm.agents.rollout import rollout
 from ahm.agents.sb3_adapter import SB3VecEnvAdapter
 from ahm.agents.sb3_controllers import (
@@ -137,6 +137,9 @@ class ControllerTrainConfig:
     """Initial probability of "forget nothing" in the action's two forget components (WM slot, LTM entries), set
     through the action head's bias (:func:`set_noop_prior`); 0 keeps SB3's start, near uniform, where a random
     policy forgets a WM slot at 8 steps in 9 and LTM entries at 2 in 3 and so destroys what it wrote."""
+    write_prior: float = 0.0
+    """Initial probability of "write nothing" in the write component, set the same way; 0 keeps SB3's start, which
+    writes at K steps in K + 1 and so rarely tries skipping a chunk."""
     imitate: str = ""
     """Behaviour cloning before RL: a new model first learns to copy this heuristic's actions (a name of
     ahm.agents.HEURISTICS, e.g. 'update'; the oracle too: the policy then learns what of its ground-truth decisions
@@ -199,8 +202,9 @@ class ControllerTrainConfig:
             raise ValueError(f"gamma must be in [0, 1], got {self.gamma!r}")
         if not 0.0 <= self.gae_lambda <= 1.0:
             raise ValueError(f"gae_lambda must be in [0, 1], got {self.gae_lambda!r}")
-        if not 0.0 <= self.forget_prior < 1.0:
-            raise ValueError(f"forget_prior must be in [0, 1), got {self.forget_prior!r}")
+        for name in ("forget_prior", "write_prior"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
         if self.features not in ("flat", "slots"):
             raise ValueError(f"features must be 'flat' or 'slots', got {self.features!r}")
         if self.features == "slots" and ALGORITHMS[self.algo].recurrent:
@@ -473,6 +477,8 @@ def fit_controller(config: ControllerTrainConfig, model: OnPolicyAlgorithm | Non
             wire_slot_scores(model.policy)
         if config.forget_prior:
             set_noop_prior(model.policy, FORGET_COMPONENTS, config.forget_prior)
+        if config.write_prior:
+            set_noop_prior(model.policy, (WRITE_COMPONENT,), config.write_prior)
         if config.imitate:
             from ahm.agents import make_controller
 

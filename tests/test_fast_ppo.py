@@ -139,10 +139,29 @@ def test_bad_config_and_wrong_policy_are_refused(tmp_path) -> None:
         FastPPOConfig(minibatch_size=0)
     with pytest.raises(ValueError, match="forget_prior"):
         FastPPOConfig(forget_prior=1.0)
+    with pytest.raises(ValueError, match="write_prior"):
+        FastPPOConfig(write_prior=-0.1)
     a = _learner()
     other = FastPPOConfig(num_envs=8, env_kwargs={**SMALL, "wm_slots": 4})
     with pytest.raises(ValueError, match="policy was made for"):
         FastPPO(other, policy=a.policy)
+
+
+@pytest.mark.parametrize("write_prior", [0.0, 0.8])
+def test_write_prior_sets_the_starting_probability_of_writing_nothing(write_prior: float) -> None:
+    """Before any update, "write nothing" has the prior's probability (the uniform 1 / (K + 1) without one), the
+    forget components keep theirs, and the other values of the write component share the rest equally."""
+    learner = _learner(write_prior=write_prior, forget_prior=0.9)
+    obs, _ = learner.env.reset(seed=0)
+    everything = torch.ones(8, learner.layout.mask_width, dtype=torch.bool)  # the start's mask forbids forgetting
+    with torch.no_grad():
+        probs = learner.dist.log_probs(learner.policy(obs), everything).exp()  # (b, J, max n)
+    k1 = int(learner.layout.nvec[0])
+    expected = write_prior or 1.0 / k1
+    assert probs[:, 0, 0].numpy() == pytest.approx(expected, abs=0.02)
+    assert probs[:, 0, 1:k1].numpy() == pytest.approx((1.0 - expected) / (k1 - 1), abs=0.02)
+    assert probs[:, 3, 0].numpy() == pytest.approx(0.9, abs=0.02)
+    assert probs[:, 4, 0].numpy() == pytest.approx(0.9, abs=0.02)
 
 
 def test_tiny_budget_learns_over_random() -> None:

@@ -252,6 +252,8 @@ def test_config_validation() -> None:
         ControllerTrainConfig(env_kwargs={"num_envs": 2})
     with pytest.raises(ValueError, match="forget_prior"):
         ControllerTrainConfig(forget_prior=1.0)
+    with pytest.raises(ValueError, match="write_prior"):
+        ControllerTrainConfig(write_prior=1.0)
     with pytest.raises(ValueError, match="gae_lambda"):
         ControllerTrainConfig(gae_lambda=1.5)
 
@@ -283,6 +285,19 @@ def test_forget_prior_sets_the_starting_distribution_of_the_forget_components(al
     for j in (3, 4):
         assert probs[j][:, 0].numpy() == pytest.approx(0.9, abs=0.02)
     for j in (0, 1, 2):
+        assert probs[j].max().item() < 2.0 / NVEC[j]
+
+
+def test_write_prior_sets_the_starting_probability_of_writing_nothing() -> None:
+    model = train_controller(small_config("ppo", write_prior=0.8, learning_rate=1e-12, total_timesteps=64))
+    obs, _ = vector_env().reset(seed=0)
+    tensor_obs, _ = model.policy.obs_to_tensor({k: v for k, v in obs.items()})
+    with torch.no_grad():
+        logits = model.policy.action_net(model.policy.mlp_extractor.forward_actor(
+            model.policy.extract_features(tensor_obs)))
+    probs = [torch.softmax(part, -1) for part in torch.split(logits, NVEC.tolist(), dim=-1)]
+    assert probs[0][:, 0].numpy() == pytest.approx(0.8, abs=0.02)
+    for j in (1, 2, 3, 4):
         assert probs[j].max().item() < 2.0 / NVEC[j]
 
 

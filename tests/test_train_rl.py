@@ -77,6 +77,7 @@ def test_imitation_only_saves_the_cloned_policy_as_the_controller(tmp_path):
     (["--rounds", "0"], "--rounds must be an int >= 1"),
     (["--gae-lambda", "1.5"], "--gae-lambda must be in [0, 1]"),
     (["--rl-ltm-capacity", "-1"], "--rl-ltm-capacity must be >= 0"),
+    (["--write-prior", "1"], "--write-prior must be in [0, 1)"),
     (["--env-id", "AHMMemory-Text-v0"], "needs a task with answers"),
     (["--imitate", "nope"], "--imitate must be one of"),
     (["--rl-timesteps", "0"], "0 only with --imitate"),

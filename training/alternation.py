@@ -134,6 +134,9 @@ class TrainRLConfig:
     forget_prior: float = 0.9
     """Initial probability of "forget nothing" in the controller's two forget components (0: the uniform start,
     where almost no early episode keeps a fact long enough to be rewarded; ahm.agents.fast_ppo)."""
+    write_prior: float = 0.0
+    """Initial probability of "write nothing" in the controller's write component (0: the uniform start, which
+    writes at 8 steps in 9, so that skipping a chunk is rarely tried where memory binds; ahm.agents.fast_ppo)."""
     ent_coef: float = 0.003
     """Entropy bonus of fast_ppo (the sum of the five components' entropies is about 5 at the start)."""
     credit_coef: float = 1.0
@@ -219,8 +222,9 @@ class TrainRLConfig:
             raise ValueError(f"--rl-ltm-capacity must be >= 0 (0: the env's default), got {self.rl_ltm_capacity!r}")
         if not (0.0 <= self.gamma <= 1.0 and 0.0 <= self.gae_lambda <= 1.0):
             raise ValueError(f"--gamma and --gae-lambda must be in [0, 1], got {self.gamma!r}, {self.gae_lambda!r}")
-        if not 0.0 <= self.forget_prior < 1.0:
-            raise ValueError(f"--forget-prior must be in [0, 1), got {self.forget_prior!r}")
+        for name in ("forget_prior", "write_prior"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(self, name)!r}")
         if not (0.0 <= self.ent_coef < math.inf and 0.0 <= self.credit_coef < math.inf):
             raise ValueError(f"--ent-coef and --credit-coef must be finite numbers >= 0, got {self.ent_coef!r}, "
                              f"{self.credit_coef!r}")
@@ -366,7 +370,8 @@ def run_alternation(cfg: TrainRLConfig, log: Callable[[str], None] = print) -> d
             learner = FastPPO(FastPPOConfig(
                 env_id=cfg.env_id, env_kwargs=env_kwargs, num_envs=cfg.num_envs, n_steps=cfg.n_steps,
                 learning_rate=cfg.rl_lr, gamma=cfg.gamma, gae_lambda=cfg.gae_lambda, ent_coef=cfg.ent_coef,
-                credit_coef=cfg.credit_coef, forget_prior=cfg.forget_prior, net_arch=cfg.net_arch,
+                credit_coef=cfg.credit_coef, forget_prior=cfg.forget_prior, write_prior=cfg.write_prior,
+                net_arch=cfg.net_arch,
                 seed=cfg.seed + r), policy=policy)
             st = learner.learn(cfg.rl_timesteps, progress=cfg.progress)
             policy = learner.policy
@@ -383,7 +388,7 @@ def run_alternation(cfg: TrainRLConfig, log: Callable[[str], None] = print) -> d
             n_steps=cfg.n_steps, batch_size=min(256, cfg.n_steps * cfg.num_envs), learning_rate=cfg.rl_lr,
             gamma=cfg.gamma, gae_lambda=cfg.gae_lambda,
             seed=cfg.seed + r,  # each round's RL draws fresh rollouts (the streams stay the same)
-            tensorboard_log=str(out / "tb"), forget_prior=cfg.forget_prior,
+            tensorboard_log=str(out / "tb"), forget_prior=cfg.forget_prior, write_prior=cfg.write_prior,
             imitate=cfg.imitate if sb3_model is None else "", imitation_steps=cfg.imitation_steps,
             imitation_epochs=cfg.imitation_epochs, imitation_lr=cfg.imitation_lr, dagger_rounds=cfg.dagger_rounds,
             env_kwargs=env_kwargs, progress=cfg.progress,
