@@ -12,7 +12,7 @@ import pytest
 
 from ahm.agents.learned import load_controller
 from ahm.envs.memory_env import load_ahm_checkpoint
-from ahm.training.alternation import TrainRLConfig, run_alternation
+from ahm.training.alternation import TrainRLConfig, _check_same_run, run_alternation
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -143,6 +143,14 @@ def test_resume_with_other_settings_is_refused_before_any_work(tmp_path):
     with pytest.raises(ValueError, match=r"--wm-slots 8 -> 4"):
         run_alternation(TrainRLConfig(**FAST, wm_slots=4, out_dir=str(tmp_path), resume=True), log=lambda s: None)
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before
+    # a run saved before --write-prior existed ran without one: resuming it at the default is the same run
+    state_path = tmp_path / "state.json"
+    state = json.loads(state_path.read_text())
+    del state["config"]["write_prior"]
+    state_path.write_text(json.dumps(state))
+    with pytest.raises(ValueError, match=r"--write-prior 0.0 -> 0.5"):
+        run_alternation(TrainRLConfig(**FAST, write_prior=0.5, out_dir=str(tmp_path), resume=True), log=lambda s: None)
+    _check_same_run(TrainRLConfig(**FAST, out_dir=str(tmp_path), resume=True), state, state_path)  # no error
 
 
 FAST_ARGS = ["--backbone", "fresh", "--rounds", "2", "--lm-steps", "2", "--lm-lengths", "512", "--algo", "fast_ppo",

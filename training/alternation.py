@@ -292,6 +292,9 @@ def _check_same_run(cfg: TrainRLConfig, state: Mapping[str, Any], path: Path) ->
     if not isinstance(saved, Mapping):
         raise ValueError(f"--resume: {path} records no settings; it was not written by this version of train_rl.py")
     now = json.loads(json.dumps(asdict(cfg)))  # tuples as lists, as they were saved
+    # A setting added after the run was saved (--write-prior) ran at its default, which kept the earlier behaviour.
+    added = {f.name: f.default for f in dataclasses.fields(TrainRLConfig) if f.name not in saved}
+    saved = {**json.loads(json.dumps(added)), **saved}
     differ = [f"--{k.replace('_', '-')} {saved.get(k)!r} -> {now[k]!r}" for k in now
               if k not in RESUMABLE_CHANGES and saved.get(k) != now[k]]
     if differ:
