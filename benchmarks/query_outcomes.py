@@ -10,7 +10,9 @@ chunk of each kind (``ahm.agents.behaviour.ops_by_chunk_kind``): a fact chunk no
         --learned runs/forgetbind_wp08_s1/round_0/controller
 
 Controllers: each ``--learned`` checkpoint, ``keep_gated_update`` (``benchmarks/keep_gated_rule.py``: a
-hand-written rule over the keep head, a diagnostic) at ``--keep-threshold``, ``update`` and the oracle.
+hand-written rule over the keep head, a diagnostic) at ``--keep-threshold``, ``update`` and the oracle. Last, the
+accuracy of each learned controller as it is and with its reads (the retrieve component) replaced by ``update``'s
+choice of level: does the level it reads cost it answers?
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from keep_gated_rule import KeepGatedUpdate  # noqa: E402
 
 from ahm.agents import make_controller  # noqa: E402
 from ahm.agents.behaviour import ops_by_chunk_kind  # noqa: E402
-from ahm.agents.evaluation import evaluation_stream_seeds, make_eval_env  # noqa: E402
+from ahm.agents.evaluation import evaluate_seeds, evaluation_stream_seeds, make_eval_env  # noqa: E402
 from ahm.agents.rollout import rollout  # noqa: E402
 
 READS = ("none", "WM", "LTM", "both")
@@ -62,6 +64,24 @@ def query_outcomes(controller: Any, env_id: str, seq_len: int, seeds: list[int],
             **{f"reads {k}": v / total for k, v in reads.items()}}
 
 
+class UpdateReads:
+    """``controller``'s actions with the retrieve component replaced by ``update``'s (the level whose best match is
+    higher)."""
+
+    def __init__(self, controller: Any) -> None:
+        self.controller, self.update = controller, make_controller("update")
+        self.name = f"{getattr(controller, 'name', 'learned')}, update's reads"
+
+    def reset(self, num_envs: int) -> None:
+        self.controller.reset(num_envs)
+        self.update.reset(num_envs)
+
+    def act(self, observation: Any, action_mask: Any = None, info: Any = None, episode_start: Any = None) -> Any:
+        out = self.controller.act(observation, action_mask, info, episode_start)
+        out[:, 2] = self.update.act(observation, action_mask, info, episode_start)[:, 2]
+        return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backbone", required=True, help="the backbone the controllers are evaluated on")
@@ -80,17 +100,28 @@ def main(argv: list[str] | None = None) -> None:
     kinds_rows, query_rows = [], []
     for name, ctrl in controllers:
         ops = ops_by_chunk_kind(ctrl, args.env_id, args.seq_len, seeds, backbone=args.backbone)
-        kinds_rows.append([name, *(f"{ops[k].per_chunk('writes'):.2f}" for k in ops)])
+        forgets = sum(o.forgets for o in ops.values())
+        kinds_rows.append([name, *(f"{ops[k].per_chunk('writes'):.2f}" for k in ops), str(forgets)])
         kinds = list(ops)
         q = query_outcomes(ctrl, args.env_id, args.seq_len, seeds, backbone=args.backbone)
         query_rows.append([name, f"{q['queries']:.0f}", *(f"{q[k]:.2f}" for k in ("in WM", "in LTM only", "lost")),
                            *(f"{q['reads ' + r]:.2f}" for r in READS)])
     print(f"{args.env_id}, {args.seq_len:,} tokens, seeds {seeds} (one episode each), backbone {args.backbone}")
-    print("\nShare of the chunks of each kind written:\n")
-    print(markdown_table(["controller", *kinds], kinds_rows))
+    print("\nShare of the chunks of each kind written, and the forgets (WM and LTM) in all the episodes:\n")
+    print(markdown_table(["controller", *kinds, "forgets"], kinds_rows))
     print("\nAt the chunks that ask a fact: where the asked fact is, and which level the controller reads:\n")
     print(markdown_table(["controller", "queries", "in WM", "in LTM only", "lost", *(f"reads {r}" for r in READS)],
                          query_rows))
+    swap_rows = []
+    for name, ctrl in controllers[: len(args.learned)]:
+        for label, c in (("as learned", ctrl), ("update's reads", UpdateReads(ctrl))):
+            results = evaluate_seeds(c, args.env_id, seeds=seeds, seq_len=args.seq_len, episodes=1,
+                                     num_envs=len(seeds), backbone=args.backbone)
+            accs = [r.accuracy for r in results]
+            swap_rows.append([name, label, f"{np.mean(accs):.3f}", " / ".join(f"{a:.2f}" for a in accs)])
+    if swap_rows:
+        print("\nAccuracy of each learned controller, and with update's choice of the level to read:\n")
+        print(markdown_table(["controller", "reads", "accuracy", "per seed"], swap_rows))
 
 
 if __name__ == "__main__":
