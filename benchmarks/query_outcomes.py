@@ -38,27 +38,24 @@ READS = ("none", "WM", "LTM", "both")
 """The retrieve component's values, in order."""
 
 
-def query_outcomes(controller: Any, env_id: str, seq_len: int, seeds: list[int], **env_kwargs: Any) -> dict[str, float]:
-    """Shares of the query chunks of one episode per seed: the asked fact in WM / in LTM only / lost, and each read."""
-    streams = [s for seed in seeds for s in evaluation_stream_seeds(seed, 1)]
-    env = make_eval_env(env_id, num_envs=len(streams), stream_seeds=streams, seq_len=seq_len, **env_kwargs)
+def query_outcomes(controller: Any, env: Any, streams: list[int]) -> dict[str, float]:
+    """Shares of the query chunks of one episode per stream: the asked fact in WM / in LTM only / lost, and each read.
+    ``env`` is an eval env over ``streams`` (``make_eval_env``), shared by every controller so that the backbone
+    reads each stream once."""
     held = {"in WM": 0, "in LTM only": 0, "lost": 0}
     reads = dict.fromkeys(READS, 0)
     ended = np.zeros(len(streams), dtype=bool)
-    try:
-        for step in rollout(controller, env.episodes, stream_seeds=streams):
-            truth = step.shown_info["ground_truth"]
-            asks = (np.asarray(truth["query_fact_id"]) >= 0) & ~ended
-            in_wm = np.asarray(truth["query_fact_in_wm"], dtype=bool)
-            in_ltm = np.asarray(truth["query_fact_in_ltm"], dtype=bool)
-            held["in WM"] += int((asks & in_wm).sum())
-            held["in LTM only"] += int((asks & ~in_wm & in_ltm).sum())
-            held["lost"] += int((asks & ~in_wm & ~in_ltm).sum())
-            for value, name in enumerate(READS):
-                reads[name] += int((asks & (step.played[:, 2] == value)).sum())
-            ended |= step.done
-    finally:
-        env.close()
+    for step in rollout(controller, env.episodes, stream_seeds=streams):
+        truth = step.shown_info["ground_truth"]
+        asks = (np.asarray(truth["query_fact_id"]) >= 0) & ~ended
+        in_wm = np.asarray(truth["query_fact_in_wm"], dtype=bool)
+        in_ltm = np.asarray(truth["query_fact_in_ltm"], dtype=bool)
+        held["in WM"] += int((asks & in_wm).sum())
+        held["in LTM only"] += int((asks & ~in_wm & in_ltm).sum())
+        held["lost"] += int((asks & ~in_wm & ~in_ltm).sum())
+        for value, name in enumerate(READS):
+            reads[name] += int((asks & (step.played[:, 2] == value)).sum())
+        ended |= step.done
     total = max(1, sum(held.values()))
     return {"queries": float(total), **{k: v / total for k, v in held.items()},
             **{f"reads {k}": v / total for k, v in reads.items()}}
@@ -97,15 +94,18 @@ def main(argv: list[str] | None = None) -> None:
     controllers = [(f"learned {i}: {p}", make_controller(p)) for i, p in enumerate(args.learned)]
     controllers += [(f"keep_gated_update, t = {args.keep_threshold}", KeepGatedUpdate(args.keep_threshold)),
                     ("update", make_controller("update")), ("oracle", make_controller("oracle"))]
+    streams = [s for seed in seeds for s in evaluation_stream_seeds(seed, 1)]  # the benchmark's, one per seed
+    env = make_eval_env(args.env_id, num_envs=len(streams), stream_seeds=streams, seq_len=args.seq_len,
+                        backbone=args.backbone)
     kinds_rows, query_rows = [], []
     for name, ctrl in controllers:
         ops = ops_by_chunk_kind(ctrl, args.env_id, args.seq_len, seeds, backbone=args.backbone)
         forgets = sum(o.forgets for o in ops.values())
         kinds_rows.append([name, *(f"{ops[k].per_chunk('writes'):.2f}" for k in ops), str(forgets)])
-        kinds = list(ops)
-        q = query_outcomes(ctrl, args.env_id, args.seq_len, seeds, backbone=args.backbone)
+        q = query_outcomes(ctrl, env, streams)
         query_rows.append([name, f"{q['queries']:.0f}", *(f"{q[k]:.2f}" for k in ("in WM", "in LTM only", "lost")),
                            *(f"{q['reads ' + r]:.2f}" for r in READS)])
+    kinds = list(ops)
     print(f"{args.env_id}, {args.seq_len:,} tokens, seeds {seeds} (one episode each), backbone {args.backbone}")
     print("\nShare of the chunks of each kind written, and the forgets (WM and LTM) in all the episodes:\n")
     print(markdown_table(["controller", *kinds, "forgets"], kinds_rows))
@@ -115,13 +115,13 @@ def main(argv: list[str] | None = None) -> None:
     swap_rows = []
     for name, ctrl in controllers[: len(args.learned)]:
         for label, c in (("as learned", ctrl), ("update's reads", UpdateReads(ctrl))):
-            results = evaluate_seeds(c, args.env_id, seeds=seeds, seq_len=args.seq_len, episodes=1,
-                                     num_envs=len(seeds), backbone=args.backbone)
+            results = evaluate_seeds(c, env, seeds=seeds, episodes=1)
             accs = [r.accuracy for r in results]
             swap_rows.append([name, label, f"{np.mean(accs):.3f}", " / ".join(f"{a:.2f}" for a in accs)])
     if swap_rows:
         print("\nAccuracy of each learned controller, and with update's choice of the level to read:\n")
         print(markdown_table(["controller", "reads", "accuracy", "per seed"], swap_rows))
+    env.close()
 
 
 if __name__ == "__main__":

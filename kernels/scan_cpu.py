@@ -106,6 +106,7 @@ def _threads_for(work: int) -> Iterator[int]:
     The kernels once ran on numba's own count (every core) whatever torch's was: two ``--threads 1`` jobs
     on 2 cores then ran 4 threads, and each streamed a 0.1M Mamba at 7.6-8.9K tokens/s instead of
     20-21K (24K alone).
+
     numba's OpenMP layer and torch share one OpenMP runtime, so setting numba's thread
     count can change torch's: torch's count is restored on the way out.
     """
