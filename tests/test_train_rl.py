@@ -78,6 +78,9 @@ def test_imitation_only_saves_the_cloned_policy_as_the_controller(tmp_path):
     (["--gae-lambda", "1.5"], "--gae-lambda must be in [0, 1]"),
     (["--rl-ltm-capacity", "-1"], "--rl-ltm-capacity must be >= 0"),
     (["--write-prior", "1"], "--write-prior must be in [0, 1)"),
+    (["--reward-weights", "discard"], "name=number pairs like discard=0.5, got 'discard'"),
+    (["--reward-weights", "discard=0.5,nope=1"], "unknown terms ['nope']"),
+    (["--reward-weights", "discard=inf"], "RewardWeights.discard must be a finite number"),
     (["--env-id", "AHMMemory-Text-v0"], "needs a task with answers"),
     (["--imitate", "nope"], "--imitate must be one of"),
     (["--rl-timesteps", "0"], "0 only with --imitate"),
@@ -135,6 +138,21 @@ def test_fast_ppo_resume_after_a_kill_in_either_phase_is_bit_exact(tmp_path):
         for k in a:
             assert a[k].equal(b[k]), f"{r}: {k} differs after the resume"
     assert not list(killed.rglob("*.tmp")) and not list(whole.rglob("*.tmp"))
+
+
+def test_reward_weights_reach_the_controller_phase_env(tmp_path):
+    cfg = TrainRLConfig(**{**FAST, "rounds": 1, "lm_steps": 0, "backbone": "shipped"}, reward_weights=" discard=0.5 ,",
+                        out_dir=str(tmp_path))
+    assert cfg.reward_weight_overrides() == {"discard": 0.5}
+    run_alternation(cfg, log=lambda s: None)
+    meta = json.loads((tmp_path / "round_0" / "controller" / "controller.json").read_text())
+    kwargs = meta["env_spec"]["env_kwargs"]
+    assert kwargs["reward_weights"] == {"discard": 0.5}  # recorded with what it was trained on
+    import gymnasium as gym
+
+    env = gym.make(meta["env_spec"]["env_id"], **kwargs).unwrapped
+    weights = {t.name: t.weight for t in env._episodes.reward_fn.terms}
+    assert weights["discard"] == 0.5 and weights["store_then_use"] == 0.5  # the one given, the other defaults
 
 
 def test_resume_with_other_settings_is_refused_before_any_work(tmp_path):

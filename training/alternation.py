@@ -54,6 +54,7 @@ from ahm.backbone.checkpoint import (
 from ahm.backbone.errors import ResourceError
 from ahm.envs import ENV_SPECS
 from ahm.envs.default_backbones import shipped_backbone_path
+from ahm.rewards import RewardWeights
 from ahm.training.config import TrainLMConfig, int_tuple, str_tuple
 from ahm.training.supervised import train
 
@@ -142,6 +143,10 @@ class TrainRLConfig:
     credit_coef: float = 1.0
     """fast_ppo's hindsight write credit: a correct answer's read weight on an entry is added to the reward of the
     step that wrote it (ahm.agents.fast_ppo). 0: off."""
+    reward_weights: str = ""
+    """Weights of the controller phase's reward terms, over ahm.rewards.RewardWeights' defaults, comma-separated
+    name=value (e.g. discard=0.5: credit for dropping a stale entry, a penalty for dropping, or pushing out, a fact
+    still to be asked). '': the defaults."""
     seq_len: int = 16_384
     """Tokens per RL training episode."""
     train_streams: int = 64
@@ -228,6 +233,7 @@ class TrainRLConfig:
         if not (0.0 <= self.ent_coef < math.inf and 0.0 <= self.credit_coef < math.inf):
             raise ValueError(f"--ent-coef and --credit-coef must be finite numbers >= 0, got {self.ent_coef!r}, "
                              f"{self.credit_coef!r}")
+        self.reward_weight_overrides()  # a bad name or value is an error before any work
         if self.lm_steps < 0 or not self.lm_lr > 0 or not self.rl_lr > 0 or not self.imitation_lr > 0:
             raise ValueError("--lm-steps must be >= 0 and --lm-lr, --rl-lr, --imitation-lr > 0")
         if self.teacher not in HEURISTICS:
@@ -247,6 +253,24 @@ class TrainRLConfig:
     @property
     def task(self) -> str:
         return ENV_SPECS[self.env_id].task
+
+    def reward_weight_overrides(self) -> dict[str, float]:
+        """``--reward-weights`` as a mapping (empty: the defaults), checked against :class:`RewardWeights`."""
+        overrides: dict[str, float] = {}
+        for item in filter(None, (part.strip() for part in self.reward_weights.split(","))):
+            name, sep, value = item.partition("=")
+            try:
+                overrides[name.strip()] = float(value)
+            except ValueError:
+                sep = ""
+            if not sep:
+                raise ValueError(f"--reward-weights takes comma-separated name=number pairs like discard=0.5, got "
+                                 f"{item!r}")
+        try:  # unknown names and non-finite values are refused, with the known names
+            RewardWeights.from_mapping(overrides)
+        except ValueError as err:
+            raise ValueError(f"--reward-weights {self.reward_weights!r}: {err}") from err
+        return overrides
 
 
 def _initial_backbone(cfg: TrainRLConfig) -> AHMModel | None:
@@ -367,6 +391,8 @@ def run_alternation(cfg: TrainRLConfig, log: Callable[[str], None] = print) -> d
                       "wm_slots": cfg.wm_slots, "stream_seeds": streams}
         if cfg.rl_ltm_capacity:
             env_kwargs["ltm_capacity"] = cfg.rl_ltm_capacity
+        if cfg.reward_weights:
+            env_kwargs["reward_weights"] = cfg.reward_weight_overrides()
         trained_on = {k: v for k, v in env_kwargs.items() if k not in ("backbone", "stream_seeds")}
         spec = {"env_id": cfg.env_id, "env_kwargs": {**trained_on, "backbone": str(round_dir / "backbone")}}
         if cfg.algo == FAST_PPO:
