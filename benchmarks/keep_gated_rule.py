@@ -7,7 +7,8 @@ keep head's ``keep_score`` exceeds a threshold t. Reads happen at every chunk.
 
 The threshold is chosen on streams the score is not reported on: each t runs on the evaluation streams of
 ``--select-seeds``, the best is kept, and every t is then scored on those of ``--seeds`` (the benchmark's 0, 1, 2),
-beside ``update``, ``surprise`` and the oracle on the same streams.
+beside the chosen t without its LTM forgets (what they are worth), ``update``, ``surprise`` and the oracle on the
+same streams.
 
     python benchmarks/keep_gated_rule.py --backbone runs/recall_keep3_export
     python benchmarks/keep_gated_rule.py --backbone runs/recall_keep3_export --seq-len 16384 --ltm-capacity 4 \\
@@ -37,9 +38,11 @@ class KeepGatedUpdate(UpdateController):
 
     name = "keep_gated_update"
 
-    def __init__(self, keep_threshold: float, threshold: float = 0.9) -> None:
+    def __init__(self, keep_threshold: float, threshold: float = 0.9, ltm_forgets: bool = True) -> None:
         super().__init__(threshold)
         self.keep_threshold = float(keep_threshold)
+        self.ltm_forgets = ltm_forgets
+        """False: never forget an LTM entry (``ltm_forget`` 0), to measure what those forgets are worth."""
 
     def act(self, observation: Mapping[str, np.ndarray], action_mask: np.ndarray | None = None,
             info: Mapping[str, Any] | None = None, episode_start: np.ndarray | None = None) -> np.ndarray:
@@ -51,6 +54,8 @@ class KeepGatedUpdate(UpdateController):
         out[skip, 0] = 0  # no write,
         out[skip, 1] = 0  # so no eviction,
         out[skip, 4] = 0  # and no LTM forget
+        if not self.ltm_forgets:
+            out[:, 4] = 0
         return out
 
 
@@ -82,6 +87,8 @@ def main(argv: list[str] | None = None) -> None:
     for t in thresholds:
         acc, ops = score(KeepGatedUpdate(t), seeds)
         rows.append([f"keep_gated_update, t = {t}" + (" (chosen)" if t == chosen else ""), f"{acc:.3f}", f"{ops:.1f}"])
+    acc, ops = score(KeepGatedUpdate(chosen, ltm_forgets=False), seeds)
+    rows.append([f"keep_gated_update, t = {chosen}, no LTM forgets", f"{acc:.3f}", f"{ops:.1f}"])
     for name in ("update", "surprise", "oracle"):
         acc, ops = score(name, seeds)
         rows.append([name, f"{acc:.3f}", f"{ops:.1f}"])

@@ -11,8 +11,9 @@ chunk of each kind (``ahm.agents.behaviour.ops_by_chunk_kind``): a fact chunk no
 
 Controllers: each ``--learned`` checkpoint, ``keep_gated_update`` (``benchmarks/keep_gated_rule.py``: a
 hand-written rule over the keep head, a diagnostic) at ``--keep-threshold``, ``update`` and the oracle. Last, the
-accuracy of each learned controller as it is and with its reads (the retrieve component) replaced by ``update``'s
-choice of level: does the level it reads cost it answers?
+accuracy of each learned controller as it is, with its reads (the retrieve component) replaced by ``update``'s
+choice of level, and with its LTM forgets (``ltm_forget``) replaced by ``keep_gated_update``'s: what does each of
+these decisions cost it?
 """
 
 from __future__ import annotations
@@ -61,21 +62,22 @@ def query_outcomes(controller: Any, env: Any, streams: list[int]) -> dict[str, f
             **{f"reads {k}": v / total for k, v in reads.items()}}
 
 
-class UpdateReads:
-    """``controller``'s actions with the retrieve component replaced by ``update``'s (the level whose best match is
-    higher)."""
+class Swapped:
+    """``controller``'s actions with the components ``components`` replaced by ``donor``'s (both see the same
+    observation): what that one decision of a hand-written rule is worth to the learned controller."""
 
-    def __init__(self, controller: Any) -> None:
-        self.controller, self.update = controller, make_controller("update")
-        self.name = f"{getattr(controller, 'name', 'learned')}, update's reads"
+    def __init__(self, controller: Any, donor: Any, components: tuple[int, ...], what: str) -> None:
+        self.controller, self.donor, self.components = controller, donor, components
+        self.name = f"{getattr(controller, 'name', 'learned')}, {what}"
 
     def reset(self, num_envs: int) -> None:
         self.controller.reset(num_envs)
-        self.update.reset(num_envs)
+        self.donor.reset(num_envs)
 
     def act(self, observation: Any, action_mask: Any = None, info: Any = None, episode_start: Any = None) -> Any:
         out = self.controller.act(observation, action_mask, info, episode_start)
-        out[:, 2] = self.update.act(observation, action_mask, info, episode_start)[:, 2]
+        theirs = self.donor.act(observation, action_mask, info, episode_start)
+        out[:, self.components] = theirs[:, self.components]
         return out
 
 
@@ -114,13 +116,16 @@ def main(argv: list[str] | None = None) -> None:
                          query_rows))
     swap_rows = []
     for name, ctrl in controllers[: len(args.learned)]:
-        for label, c in (("as learned", ctrl), ("update's reads", UpdateReads(ctrl))):
+        swaps = (("as learned", ctrl), ("update's reads", Swapped(ctrl, make_controller("update"), (2,), "reads")),
+                 ("the rule's LTM forgets", Swapped(ctrl, KeepGatedUpdate(args.keep_threshold), (4,), "LTM forgets")))
+        for label, c in swaps:
             results = evaluate_seeds(c, env, seeds=seeds, episodes=1)
             accs = [r.accuracy for r in results]
             swap_rows.append([name, label, f"{np.mean(accs):.3f}", " / ".join(f"{a:.2f}" for a in accs)])
     if swap_rows:
-        print("\nAccuracy of each learned controller, and with update's choice of the level to read:\n")
-        print(markdown_table(["controller", "reads", "accuracy", "per seed"], swap_rows))
+        print("\nAccuracy of each learned controller as it is, with update's choice of the level to read, and with "
+              "keep_gated_update's LTM forgets (ltm_forget):\n")
+        print(markdown_table(["controller", "decision replaced", "accuracy", "per seed"], swap_rows))
     env.close()
 
 

@@ -19,6 +19,7 @@ from ahm.agents import CONTROLLER_NAMES, HEURISTICS, batch_info, batch_observati
 from ahm.agents.heuristics import (
     DedupeController,
     LRUController,
+    NoMemoryController,
     OracleController,
     RandomController,
     SurpriseController,
@@ -379,8 +380,27 @@ def test_the_keep_gated_rule_acts_as_update_only_where_the_keep_head_says_keep()
     assert update.tolist() == [[2, 0, 2, 0, 3], [3, 1, 1, 0, 3]]
     gated = module.KeepGatedUpdate(0.1).act({**obs, "keep_score": np.array([[0.9], [0.05]], dtype=np.float32)})
     assert gated.tolist() == [[2, 0, 2, 0, 3], [0, 0, 1, 0, 0]]
+    no_ltm_forget = module.KeepGatedUpdate(0.1, ltm_forgets=False)
+    assert no_ltm_forget.act({**obs, "keep_score": np.array([[0.9], [0.9]], dtype=np.float32)}).tolist() == [
+        [2, 0, 2, 0, 0], [3, 1, 1, 0, 0]]  # update's action, the LTM forget alone taken away
     with pytest.raises(ValueError, match="keep_score"):
         module.KeepGatedUpdate(0.1).act(obs)
+
+
+def test_query_outcomes_swaps_only_the_named_components():
+    """benchmarks/query_outcomes.py's Swapped: the controller's action with the named components from the donor."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "query_outcomes.py"
+    spec = importlib.util.spec_from_file_location("query_outcomes", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    obs = key_update_observation(0.97)
+    swapped = module.Swapped(NoMemoryController(), UpdateController(), (2, 4), "reads and LTM forgets")
+    swapped.reset(2)
+    assert swapped.act(obs).tolist() == [[0, 0, 2, 0, 3], [0, 0, 1, 0, 3]]  # update's [[2,0,2,0,3],[3,1,1,0,3]]
+    assert swapped.name == "none, reads and LTM forgets"
 
 
 @pytest.mark.parametrize("env_id", ["AHMMemory-v0", "AHMMemory-MQAR-v0", "AHMMemory-Forget-v0", "AHMMemory-Decoy-v0",
