@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from ahm.agents.learned import load_controller
 from ahm.envs.memory_env import load_ahm_checkpoint
@@ -82,6 +83,8 @@ def test_imitation_only_saves_the_cloned_policy_as_the_controller(tmp_path):
     (["--reward-weights", "discard=0.5,nope=1"], "unknown terms ['nope']"),
     (["--reward-weights", "discard=inf"], "RewardWeights.discard must be a finite number"),
     (["--env-id", "AHMMemory-Text-v0"], "needs a task with answers"),
+    (["--init-controller", "runs/nowhere/controller"], "--init-controller 'runs/nowhere/controller': "),
+    (["--init-controller", "runs/nowhere/controller", "--algo", "ppo"], "it needs --algo fast_ppo"),
     (["--imitate", "nope"], "--imitate must be one of"),
     (["--rl-timesteps", "0"], "0 only with --imitate"),
     (["--imitate", "update", "--algo", "recurrent_ppo"], "not available with --algo recurrent_ppo"),
@@ -153,6 +156,27 @@ def test_reward_weights_reach_the_controller_phase_env(tmp_path):
     env = gym.make(meta["env_spec"]["env_id"], **kwargs).unwrapped
     weights = {t.name: t.weight for t in env._episodes.reward_fn.terms}
     assert weights["discard"] == 0.5 and weights["store_then_use"] == 0.5  # the one given, the other defaults
+
+
+def test_init_controller_continues_a_saved_fast_ppo_policy(tmp_path):
+    """The first controller phase starts from the given checkpoint's actor and critic: with a learning rate too small
+    to move them, the run saves what it was given (a new policy would be another random draw)."""
+    from ahm.agents.fast_ppo import FastPPO
+
+    base = {**FAST, "rounds": 1, "lm_steps": 0, "backbone": "shipped"}
+    run_alternation(TrainRLConfig(**base, out_dir=str(tmp_path / "first")), log=lambda s: None)
+    given = tmp_path / "first" / "round_0" / "controller"
+    lines: list[str] = []
+    run_alternation(TrainRLConfig(**{**base, "seed": 7}, rl_lr=1e-12, init_controller=str(given),
+                                  out_dir=str(tmp_path / "second")), log=lines.append)
+    assert any(f"continues {given}" in line for line in lines)
+    before, after = FastPPO.load_policy(given).state_dict(), FastPPO.load_policy(
+        tmp_path / "second" / "round_0" / "controller").state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.allclose(before[k], after[k], atol=1e-6) for k in before)
+    fresh = FastPPO.load_policy(tmp_path / "first" / "round_0" / "controller")  # sanity: the check can fail
+    torch.nn.init.normal_(next(fresh.parameters()))
+    assert not all(torch.allclose(before[k], v, atol=1e-6) for k, v in fresh.state_dict().items())
 
 
 def test_resume_with_other_settings_is_refused_before_any_work(tmp_path):

@@ -113,6 +113,11 @@ class TrainRLConfig:
     imitate: str = ""
     """Behaviour cloning before the first controller phase's RL: the new policy first copies this heuristic
     ('update', 'oracle', ...; ahm.agents.learned.imitate), then RL fine-tunes it. '': start from scratch."""
+    init_controller: str = ""
+    """With --algo fast_ppo: a FastPPO controller checkpoint (an earlier run's round_<r>/controller) whose actor and
+    critic the first controller phase continues, instead of a new policy (so --write-prior and --forget-prior, which
+    set a new policy's start, do not apply): e.g. a policy trained on 16K-token episodes, continued on 100K ones.
+    '': a new policy."""
     imitation_steps: int = 65_536
     """Env steps the heuristic plays for imitation."""
     imitation_epochs: int = 10
@@ -190,6 +195,13 @@ class TrainRLConfig:
             raise ValueError(f"--rl-timesteps must be an int >= 1 (0 only with --imitate), got {self.rl_timesteps!r}")
         if self.imitate and self.imitate not in HEURISTICS:
             raise ValueError(f"--imitate must be one of {tuple(HEURISTICS)} (or empty), got {self.imitate!r}")
+        if self.init_controller:
+            if self.algo != FAST_PPO:
+                raise ValueError("--init-controller continues a FastPPO checkpoint: it needs --algo fast_ppo")
+            try:
+                FastPPO.load_policy(self.init_controller)
+            except (OSError, ValueError) as err:
+                raise ValueError(f"--init-controller {self.init_controller!r}: {err}") from err
         if self.imitate and self.algo != FAST_PPO and ALGORITHMS[self.algo].recurrent:
             raise ValueError("--imitate is not available with --algo recurrent_ppo")
         bad_dagger = not isinstance(self.dagger_rounds, int) or self.dagger_rounds < 0
@@ -367,6 +379,9 @@ def run_alternation(cfg: TrainRLConfig, log: Callable[[str], None] = print) -> d
         model = _initial_backbone(cfg)
         if model is not None and cfg.keep_weight > 0:  # the head exists before the first controller sees anything
             model = model.with_heads(keep=True)
+        if cfg.init_controller:
+            policy = FastPPO.load_policy(cfg.init_controller)
+            log(f"the first controller phase continues {cfg.init_controller}")
     timings: list[dict[str, float]] = []
     for r in range(first_round, cfg.rounds):
         round_dir = out / f"round_{r}"
