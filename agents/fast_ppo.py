@@ -252,6 +252,10 @@ class FastPPO:
         widths = {k: int(np.prod(space[k].shape)) for k in observation_keys(space)}
         self.layout = ActionLayout.from_nvec(self.env.single_action_space.nvec)
         if policy is None:
+            # Seeded here, not only above: building the env may draw from torch's generator (a backbone given as a
+            # checkpoint path is built, randomly initialised, then loaded; a model object is not), and the same seed
+            # must give the same policy however the backbone was passed.
+            torch.manual_seed(c.seed)
             policy = ActorCritic(widths, self.layout.nvec.tolist(), c.net_arch)
             if c.forget_prior:
                 policy.set_noop_prior(FORGET_COMPONENTS, c.forget_prior)

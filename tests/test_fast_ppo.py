@@ -112,9 +112,11 @@ def test_no_credit_without_memory() -> None:
 
 
 # ---------------------------------------------------------------- learner
-def _learner(seed: int = 0, **kw) -> FastPPO:
-    cfg = FastPPOConfig(num_envs=8, n_steps=16, minibatch_size=64, seed=seed,
-                        env_kwargs={**SMALL, "stream_seeds": list(range(8)), "ltm_capacity": 2}, **kw)
+def _learner(seed: int = 0, backbone: object = None, **kw) -> FastPPO:
+    env_kwargs = {**SMALL, "stream_seeds": list(range(8)), "ltm_capacity": 2}
+    if backbone is not None:
+        env_kwargs["backbone"] = backbone
+    cfg = FastPPOConfig(num_envs=8, n_steps=16, minibatch_size=64, seed=seed, env_kwargs=env_kwargs, **kw)
     return FastPPO(cfg)
 
 
@@ -132,6 +134,20 @@ def test_same_seed_same_weights_and_save_load_round_trip(tmp_path) -> None:
     obs, _ = a.env.reset(seed=3)
     masks = a.env.action_masks()
     np.testing.assert_array_equal(load_mlp_policy(tmp_path / "c").act(obs, masks), a.controller().act(obs, masks))
+
+
+def test_the_same_seed_gives_the_same_policy_whether_the_backbone_is_a_path_or_a_model() -> None:
+    """A backbone passed as a checkpoint path is built (drawing from torch's generator) and loaded inside the env;
+    passed as a model it is not. The starting policy must not depend on which (train_rl.py passes a model)."""
+    from ahm.backbone.checkpoint import load_ahm_checkpoint
+    from ahm.envs.default_backbones import shipped_backbone_path
+
+    path = shipped_backbone_path("passkey")
+    by_path = _learner(backbone=str(path)).policy.state_dict()
+    torch.manual_seed(123)  # whatever the caller drew before
+    by_model = _learner(backbone=load_ahm_checkpoint(path)[0]).policy.state_dict()
+    for name, value in by_path.items():
+        torch.testing.assert_close(value, by_model[name], rtol=0, atol=0, msg=name)
 
 
 def test_bad_config_and_wrong_policy_are_refused(tmp_path) -> None:
