@@ -272,12 +272,13 @@ class TrainRLConfig:
         for item in filter(None, (part.strip() for part in self.reward_weights.split(","))):
             name, sep, value = item.partition("=")
             try:
-                overrides[name.strip()] = float(value)
+                weight = float(value) if sep else None
             except ValueError:
-                sep = ""
-            if not sep:
+                weight = None
+            if weight is None:
                 raise ValueError(f"--reward-weights takes comma-separated name=number pairs like discard=0.5, got "
                                  f"{item!r}")
+            overrides[name.strip()] = weight
         try:  # unknown names and non-finite values are refused, with the known names
             RewardWeights.from_mapping(overrides)
         except ValueError as err:
