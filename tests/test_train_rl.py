@@ -28,6 +28,10 @@ def test_short_run_completes_with_checkpoints_tensorboard_and_table(tmp_path):
                                         imitate="update", imitation_steps=128, imitation_epochs=1, net_arch="32,32"),
                           log=lines.append)
     assert [t["round"] for t in out["rounds"]] == [0, 1]
+    # The backbone phase's objective on held-out streams, before (not for a fresh backbone) and after each phase.
+    assert "heldout_loss_before" not in out["rounds"][0]
+    assert all(t["heldout_loss_after"] > 0 for t in out["rounds"]) and out["rounds"][1]["heldout_loss_before"] > 0
+    assert sum("held-out loss" in line for line in lines) == 2
     imitation = [line for line in lines if "imitation of 'update'" in line]
     assert len(imitation) == 1 and imitation[0].startswith("round 0")  # a new policy only; round 1 continues it
     cloned = load_controller(tmp_path / "round_0" / "controller_imitation").model  # kept before RL continued it

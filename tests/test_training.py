@@ -197,6 +197,35 @@ def test_replay_reproduces_the_environment():
     assert int(out.answers_correct) == int(round(acc.sum()))
 
 
+def test_heldout_task_loss_scores_held_out_streams_as_the_env_does():
+    """The held-out loss's answers are the env's on task_accuracy's streams (none a training batch draws), the same
+    at every call, and leave the model's weights and mode as they were."""
+    from ahm.agents import make_controller
+    from ahm.backbone.checkpoint import load_ahm_checkpoint
+    from ahm.envs.default_backbones import shipped_backbone_path
+    from ahm.training.evaluation import EVAL_SEED_OFFSET, heldout_task_loss, task_accuracy
+
+    model = load_ahm_checkpoint(shipped_backbone_path("passkey"))[0].train()  # answers some, not all (below)
+    c = model.config
+    cfg = TrainLMConfig(source="tasks", tasks="passkey", lengths="1024,2048", d_model=c.backbone.d_model,
+                        n_layer=c.backbone.n_layer, d_state=c.backbone.d_state, key_dim=c.key_dim,
+                        chunk_size=c.chunk_size, window=2048, wm_slots=2, ltm_capacity=2, seed=3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    random = make_controller("random")  # seeded at every reset: the same operations at every call
+    first = heldout_task_loss(model, cfg, random, episodes=4)
+    assert first == heldout_task_loss(model, cfg, random, episodes=4)
+    assert model.training and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    env = [task_accuracy(model, "passkey", n, 4, random, 2, 2, 3 + EVAL_SEED_OFFSET) for n in (1024, 2048)]
+    assert first["answers"] == 8 and 0 < first["accuracy"] < 1 and first["accuracy"] == pytest.approx(np.mean(env))
+    assert heldout_task_loss(model, cfg, make_controller("oracle"), episodes=4)["loss"] < first["loss"]
+    source = TaskSource(["passkey"], c.chunk_size, Curriculum((1024,), "mixed"))
+    training = source.sample(8, 1024, np.random.default_rng(3))  # what train() draws first with seed 3
+    heldout = source.sample(8, 1024, np.random.default_rng([3 + EVAL_SEED_OFFSET, 1024]))
+    assert not set(training.stream_seeds) & set(heldout.stream_seeds)
+    with pytest.raises(ValueError, match="needs a task config"):
+        heldout_task_loss(model, TrainLMConfig(), random)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--d-model", "0"], "--d-model must be an int >= 1"),
     (["--window", "100", "--chunk-size", "32"], "multiple of --chunk-size"),

@@ -56,6 +56,7 @@ from ahm.envs import ENV_SPECS
 from ahm.envs.default_backbones import shipped_backbone_path
 from ahm.rewards import RewardWeights
 from ahm.training.config import TrainLMConfig, int_tuple, str_tuple
+from ahm.training.evaluation import heldout_task_loss
 from ahm.training.supervised import train
 
 __all__ = ["TrainRLConfig", "run_alternation"]
@@ -342,10 +343,13 @@ def _check_same_run(cfg: TrainRLConfig, state: Mapping[str, Any], path: Path) ->
 
 
 def _complete_round(cfg: TrainRLConfig, out: Path, r: int, round_dir: Path, timings: list[dict[str, float]],
-                    t0: float, t1: float, t2: float, log: Callable[[str], None]) -> None:
-    """Name round ``r`` complete (``state.json``, written atomically after its checkpoints) and log its timing."""
+                    t0: float, t1: float, t2: float, log: Callable[[str], None],
+                    heldout: Mapping[str, float]) -> None:
+    """Name round ``r`` complete (``state.json``, written atomically after its checkpoints) and log its timing;
+    ``heldout``: the backbone phase's held-out losses, recorded with the timings."""
     atomic_write_bytes(out / STATE, json.dumps({"completed_rounds": r + 1, "config": asdict(cfg)}).encode())
-    timings.append({"round": r, "backbone_s": round(t1 - t0, 1), "controller_s": round(t2 - t1, 1)})
+    timings.append({"round": r, "backbone_s": round(t1 - t0, 1), "controller_s": round(t2 - t1, 1),
+                    **{k: round(v, 6) for k, v in heldout.items()}})
     log(f"round {r}: backbone phase {t1 - t0:.0f}s, controller phase {t2 - t1:.0f}s ({cfg.rl_timesteps} steps); "
         f"checkpoint {round_dir}/")
 
@@ -392,11 +396,17 @@ def run_alternation(cfg: TrainRLConfig, log: Callable[[str], None] = print) -> d
         teacher: Controller = (make_controller(cfg.teacher) if sb3_model is None and policy is None else
                                SB3Controller(sb3_model) if sb3_model is not None else
                                TorchPolicyController(policy, name=FAST_PPO))
+        heldout: dict[str, float] = {}
         if cfg.lm_steps > 0:
+            if model is not None:  # the phase's objective on held-out streams, before and after, same operations
+                heldout["heldout_loss_before"] = heldout_task_loss(model, lm_cfg, teacher)["loss"]
             result = train(lm_cfg, log=log, controller=teacher, model=model)
             model = result.model
-            log(f"round {r} backbone phase: {result.steps} steps, loss {result.losses[0]:.3f} -> "
-                f"{result.losses[-1]:.3f}, controller {teacher.name!r}")
+            heldout["heldout_loss_after"] = heldout_task_loss(model, lm_cfg, teacher)["loss"]
+            change = (f"{heldout['heldout_loss_before']:.4f} -> " if "heldout_loss_before" in heldout else "") + \
+                f"{heldout['heldout_loss_after']:.4f}"
+            log(f"round {r} backbone phase: {result.steps} steps, training-batch loss {result.losses[0]:.3f} -> "
+                f"{result.losses[-1]:.3f}, held-out loss {change}, controller {teacher.name!r}")
         if model is None:  # --backbone fresh with --lm-steps 0
             raise ValueError("--backbone fresh needs --lm-steps > 0")
         t1 = time.perf_counter()
@@ -426,7 +436,7 @@ def run_alternation(cfg: TrainRLConfig, log: Callable[[str], None] = print) -> d
             t2 = time.perf_counter()
             save_ahm_checkpoint(round_dir / "backbone", model, extra={"round": r, "train_rl_config": asdict(cfg)})
             learner.save(round_dir / "controller", spec, name=FAST_PPO)
-            _complete_round(cfg, out, r, round_dir, timings, t0, t1, t2, log)
+            _complete_round(cfg, out, r, round_dir, timings, t0, t1, t2, log, heldout)
             continue
         rl_cfg = ControllerTrainConfig(
             algo=cfg.algo, env_id=cfg.env_id, num_envs=cfg.num_envs, total_timesteps=cfg.rl_timesteps,
@@ -456,7 +466,7 @@ def run_alternation(cfg: TrainRLConfig, log: Callable[[str], None] = print) -> d
         # ---- checkpoint: backbone and controller, then the state that names the round (atomic, last)
         save_ahm_checkpoint(round_dir / "backbone", model, extra={"round": r, "train_rl_config": asdict(cfg)})
         save_controller(round_dir / "controller", sb3_model, spec)
-        _complete_round(cfg, out, r, round_dir, timings, t0, t1, t2, log)
+        _complete_round(cfg, out, r, round_dir, timings, t0, t1, t2, log, heldout)
     final = out / f"round_{cfg.rounds - 1}"
     label = f"{cfg.algo} (imitation only)" if cfg.imitate and cfg.rl_timesteps == 0 else f"{cfg.algo} (learned)"
     learned: list[Controller] = [load_mlp_policy(final / "controller", name=label) if cfg.algo == FAST_PPO else

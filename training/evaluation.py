@@ -2,7 +2,9 @@
 
 ``train_lm.py --eval`` (:func:`evaluate`) prints, for text, the bits per byte at each
 context length with and without memory, and for tasks the accuracy per length with the
-run's controller and with none.
+run's controller and with none. :func:`heldout_task_loss` is the supervised phase's own
+objective on held-out task streams: what ``train_rl.py`` compares before and after each
+backbone phase.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ from ahm.backbone import AHMModel, HierarchicalMemory, NullController
 from ahm.envs.spaces import ActionLayout
 from ahm.training.config import TrainLMConfig
 from ahm.training.data import Curriculum, TaskSource, TextSource
+from ahm.training.window_loss import WindowLoss, window_inputs
 
-__all__ = ["text_bits_per_byte", "task_accuracy", "evaluate", "flat_action_masks", "EVAL_SEED_OFFSET"]
+__all__ = ["text_bits_per_byte", "task_accuracy", "heldout_task_loss", "evaluate", "flat_action_masks",
+           "EVAL_SEED_OFFSET"]
 
 EVAL_SEED_OFFSET = 1_000_000
 """Task evaluation draws its streams from seed + this: a generator of its own, apart from the training data's
@@ -91,6 +95,48 @@ def task_accuracy(model: AHMModel, task: str, length: int, episodes: int, contro
         accs.extend(acc.tolist())
     return float(np.mean(accs))
 
+
+@torch.no_grad()
+def heldout_task_loss(model: AHMModel, cfg: TrainLMConfig, controller: Controller, episodes: int = 8
+                      ) -> dict[str, float]:
+    """The supervised phase's loss (:class:`~ahm.training.window_loss.WindowLoss` with ``cfg``'s weights, each
+    sequence in one window) on ``episodes`` held-out streams of ``cfg.tasks`` at each of ``cfg.lengths``, the
+    memory operations from ``controller``, without gradient.
+
+    The streams are drawn as :func:`task_accuracy` draws them (seed ``cfg.seed + EVAL_SEED_OFFSET``), never as
+    the training data is, and are the same at every call: so two calls compare two models on one set of streams.
+    Returns ``loss`` (the weighted objective, mean over the lengths weighted by their tokens), ``answer_loss`` (nats
+    per answer), ``accuracy`` (of the answers) and ``answers``.
+    """
+    if cfg.source != "tasks":
+        raise ValueError("heldout_task_loss needs a task config (--source tasks)")
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes!r}")
+    was_training = model.training
+    model.eval()
+    loss_module = WindowLoss(model, cfg.lm_weight, cfg.answer_weight, cfg.keep_weight, cfg.ask_weight)
+    loss_sum = answer_sum = 0.0
+    tokens = answers = correct = 0
+    try:
+        for length in cfg.lengths:
+            source = TaskSource(cfg.tasks, model.config.chunk_size, Curriculum((length,), "mixed"),
+                                cfg.task_kwargs_dict)
+            batch = source.sample(episodes, length, np.random.default_rng([cfg.seed + EVAL_SEED_OFFSET, length]))
+            actions, _ = controller_actions(model, batch, controller, cfg.wm_slots, cfg.ltm_capacity,
+                                            cfg.task_kwargs_dict)
+            inputs = window_inputs(batch, 0, length, model.config.chunk_size, actions, keep=cfg.keep_weight > 0,
+                                   ask=cfg.ask_weight > 0)  # one window: no gradient, so no need to truncate
+            out, _ = loss_module(inputs.tokens, inputs.next_token, model.init_state(episodes), inputs.controllers,
+                                 inputs.answer_targets, inputs.keep_targets, inputs.ask_targets)
+            loss_sum += float(out.loss) * length
+            tokens += length
+            answer_sum += float(out.answer_loss) * int(out.answers)
+            answers += int(out.answers)
+            correct += int(out.answers_correct)
+    finally:
+        model.train(was_training)
+    return {"loss": loss_sum / tokens, "answer_loss": answer_sum / max(answers, 1),
+            "accuracy": correct / max(answers, 1), "answers": float(answers)}
 
 
 def evaluate(model: AHMModel, cfg: TrainLMConfig, source: TextSource | TaskSource, controller: Controller,

@@ -85,6 +85,7 @@ from ahm.training.evaluation import (
 from ahm.training.window_loss import (
     WindowLoss,
     WindowOutput,  # noqa: F401  (re-export: its home is ahm.training.window_loss)
+    window_inputs,
 )
 
 __all__ = ["TrainLMConfig", "train", "controller_actions", "ReplayController", "ObservationBridge",
@@ -221,7 +222,6 @@ def train(cfg: TrainLMConfig, log: Callable[[str], None] = print, controller: Co
     while step < cfg.max_steps and not stop:
         length = cfg.seq_len if curriculum is None else curriculum.draw(length_rng)
         batch = source.sample(cfg.batch, length, rng)
-        tokens = torch.from_numpy(batch.tokens)
         actions = None
         if batch.task is not None:
             actions, env_acc = controller_actions(model, batch, controller, cfg.wm_slots, cfg.ltm_capacity,
@@ -237,17 +237,11 @@ def train(cfg: TrainLMConfig, log: Callable[[str], None] = print, controller: Co
         for w0 in range(0, length, cfg.window):
             w1 = min(w0 + cfg.window, length)
             t0, t1 = w0 // cfg.chunk_size, math.ceil(w1 / cfg.chunk_size)
-            if actions is not None:
-                controllers = [ReplayController(actions[:, t], tokens.device) for t in range(t0, t1)]
-                targets = torch.from_numpy(batch.answer_targets[:, t0:t1])
-            else:
-                controllers, targets = [bridge] * (t1 - t0), None
-            keep = (torch.from_numpy(batch.keep_targets[:, t0:t1])
-                    if cfg.keep_weight > 0 and batch.keep_targets is not None else None)
-            ask = (torch.from_numpy(batch.ask_targets[:, t0:t1])
-                   if cfg.ask_weight > 0 and batch.ask_targets is not None else None)
-            next_token = tokens[:, w1] if w1 < length else torch.full((cfg.batch,), -1, dtype=torch.int64)
-            out, state_ = loss_module(tokens[:, w0:w1], next_token, state_, controllers, targets, keep, ask)
+            inputs = window_inputs(batch, w0, w1, cfg.chunk_size, actions, bridge, cfg.keep_weight > 0,
+                                   cfg.ask_weight > 0)
+            keep, ask = inputs.keep_targets, inputs.ask_targets
+            out, state_ = loss_module(inputs.tokens, inputs.next_token, state_, inputs.controllers,
+                                      inputs.answer_targets, keep, ask)
             opt.zero_grad(set_to_none=True)
             out.loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

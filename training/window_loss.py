@@ -27,16 +27,22 @@ V vocabulary size.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ahm.agents.rollout import ReplayController
 from ahm.backbone import AHMModel, AHMState, MemoryPolicy
 
-__all__ = ["WindowOutput", "WindowLoss", "balanced_bce"]
+if TYPE_CHECKING:
+    from ahm.training.data import SequenceBatch
+
+__all__ = ["WindowOutput", "WindowLoss", "WindowInputs", "window_inputs", "balanced_bce"]
 
 
 class WindowOutput(NamedTuple):
@@ -58,6 +64,41 @@ class WindowOutput(NamedTuple):
     """() the keep head's balanced cross-entropy (nats), detached; 0 without keep targets."""
     ask_loss: Tensor = torch.zeros(())
     """() the ask head's mean cross-entropy (nats) over labelled boundaries, detached; 0 without ask targets."""
+
+
+class WindowInputs(NamedTuple):
+    """What :class:`WindowLoss` takes for the window of tokens ``[w0, w1)`` of a batch, besides the state."""
+
+    tokens: Tensor
+    """(b, w1 - w0) int64."""
+    next_token: Tensor
+    """(b,) the token after the window, -1 at the end of the sequences."""
+    controllers: list[MemoryPolicy]
+    """One per chunk of the window."""
+    answer_targets: Tensor | None
+    keep_targets: Tensor | None
+    ask_targets: Tensor | None
+
+
+def window_inputs(batch: SequenceBatch, w0: int, w1: int, chunk_size: int, actions: np.ndarray | None,
+                  controller: MemoryPolicy | None = None, keep: bool = False, ask: bool = False) -> WindowInputs:
+    """The inputs of tokens ``[w0, w1)`` of ``batch``: the memory operations replayed from ``actions`` (b, n, 5)
+    (what a controller did on the task streams, with the answer targets), or, where ``actions`` is None (text),
+    ``controller`` at every chunk and no answers; the keep / ask hindsight labels where asked for and present."""
+    tokens = torch.from_numpy(batch.tokens)
+    t0, t1 = w0 // chunk_size, math.ceil(w1 / chunk_size)
+    if actions is not None:
+        controllers: list[MemoryPolicy] = [ReplayController(actions[:, t], tokens.device) for t in range(t0, t1)]
+        targets = torch.from_numpy(batch.answer_targets[:, t0:t1])
+    else:
+        assert controller is not None, "window_inputs: text windows need a controller"
+        controllers, targets = [controller] * (t1 - t0), None
+    labels = {name: torch.from_numpy(getattr(batch, name)[:, t0:t1]) if wanted and getattr(batch, name) is not None
+              else None for name, wanted in (("keep_targets", keep), ("ask_targets", ask))}
+    next_token = (tokens[:, w1] if w1 < tokens.shape[1] else
+                  torch.full((tokens.shape[0],), -1, dtype=torch.int64))
+    return WindowInputs(tokens[:, w0:w1], next_token, controllers, targets, labels["keep_targets"],
+                        labels["ask_targets"])
 
 
 class WindowLoss(nn.Module):
