@@ -25,8 +25,12 @@ $(STAMP): pyproject.toml Makefile
 run: $(STAMP)
 	$(PY) train_rl.py
 
+# The suite in TEST_WORKERS processes (pytest-xdist; each test file, or class, stays on one worker, so its fixtures are
+# built once): 2 for a 2-core machine; 0 runs it in this process.
+TEST_WORKERS ?= 2
+
 test: lint docs
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
