@@ -100,8 +100,9 @@ def task_accuracy(model: AHMModel, task: str, length: int, episodes: int, contro
 def heldout_task_loss(model: AHMModel, cfg: TrainLMConfig, controller: Controller, episodes: int = 8
                       ) -> dict[str, float]:
     """The supervised phase's loss (:class:`~ahm.training.window_loss.WindowLoss` with ``cfg``'s weights, each
-    sequence in one window) on ``episodes`` held-out streams of ``cfg.tasks`` at each of ``cfg.lengths``, the
-    memory operations from ``controller``, without gradient.
+    sequence in one window) on ``episodes`` held-out streams at each of ``cfg.lengths``, the memory operations from
+    ``controller``, without gradient. Each length's streams are of one task, drawn from ``cfg.tasks`` as a training
+    batch draws its task (``train_rl.py``'s phases have one).
 
     The streams are drawn as :func:`task_accuracy` draws them (seed ``cfg.seed + EVAL_SEED_OFFSET``), never as
     the training data is, and are the same at every call: so two calls compare two models on one set of streams.
