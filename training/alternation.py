@@ -403,8 +403,7 @@ def run_alternation(cfg: TrainRLConfig, log: Callable[[str], None] = print) -> d
             result = train(lm_cfg, log=log, controller=teacher, model=model)
             model = result.model
             heldout["heldout_loss_after"] = heldout_task_loss(model, lm_cfg, teacher)["loss"]
-            change = (f"{heldout['heldout_loss_before']:.4f} -> " if "heldout_loss_before" in heldout else "") + \
-                f"{heldout['heldout_loss_after']:.4f}"
+            change = " -> ".join(f"{v:.4f}" for v in heldout.values())  # before (if any), then after
             log(f"round {r} backbone phase: {result.steps} steps, training-batch loss {result.losses[0]:.3f} -> "
                 f"{result.losses[-1]:.3f}, held-out loss {change}, controller {teacher.name!r}")
         if model is None:  # --backbone fresh with --lm-steps 0

@@ -118,10 +118,9 @@ def heldout_task_loss(model: AHMModel, cfg: TrainLMConfig, controller: Controlle
     loss_module = WindowLoss(model, cfg.lm_weight, cfg.answer_weight, cfg.keep_weight, cfg.ask_weight)
     loss_sum = answer_sum = 0.0
     tokens = answers = correct = 0
+    source = TaskSource(cfg.tasks, model.config.chunk_size, Curriculum(cfg.lengths, "mixed"), cfg.task_kwargs_dict)
     try:
         for length in cfg.lengths:
-            source = TaskSource(cfg.tasks, model.config.chunk_size, Curriculum((length,), "mixed"),
-                                cfg.task_kwargs_dict)
             batch = source.sample(episodes, length, np.random.default_rng([cfg.seed + EVAL_SEED_OFFSET, length]))
             actions, _ = controller_actions(model, batch, controller, cfg.wm_slots, cfg.ltm_capacity,
                                             cfg.task_kwargs_dict)
